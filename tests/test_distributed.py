@@ -1,6 +1,7 @@
 """The information signal reduced over data-parallel ranks equals the single-process value."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ def batch():
 
 
 def _rank(rank, init_file, out_file):
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only: no name resolution, no network
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         student, teacher, mask = batch()
