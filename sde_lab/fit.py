@@ -1,0 +1,132 @@
+"""Fitting weak-error ladders: the signed polynomial and the log–log slope on the asymptotic range.
+
+Signed:  e_j = a + C₁η_j + C₂η_j²  by weighted least squares. Order 1 is supported when the CI of a
+         holds 0 and that of C₁ does not (C₁ ≈ lim e/η, the leading constant).
+Slope:   log|e_j| = log C + p·log η_j  by weighted least squares on the asymptotic range only: points
+         with |e| < 3·se are dropped as noise, and, walking from the finest η towards coarser ones,
+         a point joins while the errors keep their sign and the local slope log(e_j/e_{j+1})/log(η_j/η_{j+1})
+         stays within max(0.1, 2·its se) of the running mean (the successive ratios have settled).
+
+Intervals are 95%: with sampling errors (se > 0) from the known variances, inflated by the reduced χ²
+when the scatter exceeds them; with exact errors (se = 0) from the residuals (a t-interval).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass
+class SlopeFit:
+    slope: float
+    ci: tuple[float, float]
+    used: list[int] = field(default_factory=list)  # indices into the ladder
+    dropped: dict[int, str] = field(default_factory=dict)  # index → why
+
+
+@dataclass
+class PolynomialFit:
+    coefficients: tuple[float, float, float]  # a, C₁, C₂
+    ci: tuple[tuple[float, float], ...]
+    used: list[int] = field(default_factory=list)
+
+    @property
+    def supports_order_one(self) -> bool:
+        (a_lo, a_hi), (c_lo, c_hi) = self.ci[0], self.ci[1]
+        return a_lo <= 0.0 <= a_hi and not (c_lo <= 0.0 <= c_hi)
+
+
+def weighted_least_squares(design: np.ndarray, y: np.ndarray, se: np.ndarray | None):
+    """β, 95% half-widths for y ≈ design·β; se (per point) or None for residual-based errors."""
+    n, k = design.shape
+    dof = n - k
+    if se is None:
+        w = np.ones(n)
+    else:
+        w = 1.0 / np.asarray(se) ** 2
+    xw = design * np.sqrt(w)[:, None]
+    beta, *_ = np.linalg.lstsq(xw, y * np.sqrt(w), rcond=None)
+    resid = (y - design @ beta) * np.sqrt(w)
+    unscaled = np.linalg.pinv(xw.T @ xw)
+    if se is None:
+        if dof <= 0:
+            return beta, np.full(k, np.inf)
+        cov = unscaled * (resid @ resid) / dof
+        q = stats.t.ppf(0.975, dof)
+    else:
+        chi2 = (resid @ resid) / dof if dof > 0 else 1.0
+        cov = unscaled * max(1.0, chi2)
+        q = stats.t.ppf(0.975, dof) if dof > 0 else stats.norm.ppf(0.975)
+    return beta, q * np.sqrt(np.diag(cov))
+
+
+def slope_fit(etas, errors, stderr, settle: float = 0.1) -> SlopeFit:
+    """The log–log slope of |e| against η on the asymptotic range of a ladder (any order of η)."""
+    etas, errors, stderr = (np.asarray(v, dtype=np.float64) for v in (etas, errors, stderr))
+    order = np.argsort(etas)  # finest first
+    dropped: dict[int, str] = {}
+    kept = []
+    for i in order:
+        if not np.isfinite(errors[i]):
+            dropped[int(i)] = "not finite"
+        elif errors[i] == 0.0 or abs(errors[i]) < 3 * stderr[i]:
+            dropped[int(i)] = "below noise (|e| < 3 se)"
+        else:
+            kept.append(int(i))
+    used = kept[:2]
+    if len(used) == 2 and np.sign(errors[used[0]]) != np.sign(errors[used[1]]):
+        dropped[used[1]] = "sign change"
+        used = used[:1]
+    local = [_local_slope(etas, errors, stderr, used[0], used[1])] if len(used) == 2 else []
+    for i in kept[2:]:
+        if len(used) < 2:
+            dropped[i] = "pre-asymptotic"
+            continue
+        s, s_se = _local_slope(etas, errors, stderr, used[-1], i)
+        mean = np.mean([v for v, _ in local])
+        if np.sign(errors[i]) != np.sign(errors[used[-1]]):
+            reason = "sign change"
+        elif abs(s - mean) > max(settle, 2 * s_se):
+            reason = "pre-asymptotic"
+        else:
+            used.append(i)
+            local.append((s, s_se))
+            continue
+        # the walk stops at the first unsettled point: everything coarser is pre-asymptotic
+        dropped[i] = reason
+        for j in kept[kept.index(i) + 1:]:
+            dropped[j] = "pre-asymptotic"
+        break
+    if len(used) < 2:
+        for i in used:
+            dropped[i] = "too few settled points"
+        return SlopeFit(float("nan"), (float("nan"), float("nan")), [], dropped)
+    used = sorted(used, key=lambda i: -etas[i])
+    x = np.log(etas[used])
+    y = np.log(np.abs(errors[used]))
+    se = stderr[used] / np.abs(errors[used]) if np.all(stderr[used] > 0) else None
+    beta, half = weighted_least_squares(np.column_stack([np.ones_like(x), x]), y, se)
+    return SlopeFit(float(beta[1]), (float(beta[1] - half[1]), float(beta[1] + half[1])), used, dropped)
+
+
+def polynomial_fit(etas, errors, stderr, used=None) -> PolynomialFit:
+    """e ≈ a + C₁η + C₂η² on the points `used` (default: all finite ones)."""
+    etas, errors, stderr = (np.asarray(v, dtype=np.float64) for v in (etas, errors, stderr))
+    if used is None or len(used) < 4:
+        used = [i for i in range(len(etas)) if np.isfinite(errors[i])]
+    used = list(used)
+    e = etas[used]
+    se = stderr[used] if np.all(stderr[used] > 0) else None
+    beta, half = weighted_least_squares(np.column_stack([np.ones_like(e), e, e * e]), errors[used], se)
+    return PolynomialFit(tuple(float(b) for b in beta), tuple((float(b - h), float(b + h)) for b, h in zip(beta, half)), used)
+
+
+def _local_slope(etas, errors, stderr, i, j):
+    """(slope, se) between ladder points i and j."""
+    span = np.log(etas[i] / etas[j])
+    s = np.log(abs(errors[i]) / abs(errors[j])) / span
+    rel = np.hypot(stderr[i] / abs(errors[i]), stderr[j] / abs(errors[j]))
+    return float(s), float(rel / abs(span))

@@ -1,0 +1,105 @@
+"""Exact moments of SGD and of its SMEs, where the problem has them (no Monte Carlo).
+
+Each oracle answers `discrete(eta, steps, test)` = E g(x_k) of SGD and `sde(eta, t, test, order)`
+= E g(X_t) of SGD's order-1 or order-2 SME, or None when it does not cover that test function.
+Both are exact to rounding, so weak errors computed from them have no sampling error at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sde_lab.observables import cos_direction
+
+
+class QuadraticOracle:
+    """Li–Tai–E quadratic ℓ_γ(x) = ½(x − γ)ᵀH(x − γ) − ½ tr H, γ ~ N(0, I): L = ½xᵀHx, Σ = H².
+
+    In the eigenbasis u = Qᵀx of H = Q diag(λ) Qᵀ every law here is Gaussian with independent
+    coordinates:
+        SGD:   E u_k = (1 − ηλ)^k u₀,   Var u_k = ηλ (1 − (1 − ηλ)^{2k}) / (2 − ηλ)
+        SME:   dU = −a U dt + √η λ dW,  a = λ (order 1) or λ + ηλ²/2 (order 2):
+               E U_t = e^{−at} u₀,      Var U_t = ηλ² (1 − e^{−2at}) / (2a)
+    so E g is exact for every test function with a Gaussian closed form (L, |x|², x₀, cos(aᵀx), |x|⁴).
+    """
+
+    def __init__(self, hessian: np.ndarray, x0: np.ndarray):
+        self.hessian = np.asarray(hessian, dtype=np.float64)
+        self.lam, self.q = np.linalg.eigh(self.hessian)
+        self.u0 = self.q.T @ np.asarray(x0, dtype=np.float64)
+
+    def discrete(self, eta: float, steps: int, test: str):
+        h = eta * self.lam
+        mean = np.exp(steps * np.log1p(-h)) * self.u0
+        var = h * -np.expm1(2 * steps * np.log1p(-h)) / (2 - h)
+        return self._gaussian(mean, var, test)
+
+    def sde(self, eta: float, t: float, test: str, order: int = 1):
+        a = self.lam + (0.5 * eta * self.lam**2 if order == 2 else 0.0)
+        mean = np.exp(-a * t) * self.u0
+        var = eta * self.lam**2 * -np.expm1(-2 * a * t) / (2 * a)
+        return self._gaussian(mean, var, test)
+
+    def first_order_constant(self, t: float, test: str):
+        """lim_{η→0} (E g(x_{t/η}) − E g(X_t)) / η for SGD against its order-1 SME.
+
+        The covariances of both are O(η) and differ at O(η²); the means differ at first order,
+        (1 − ηλ)^{t/η} = e^{−λt}(1 − ηλ²t/2 + O(η²)), so the constant is ∇g(m_t) · (−λ²t/2) m_t
+        with m_t = e^{−λt}u₀ the deterministic path (in the eigenbasis).
+        """
+        m = np.exp(-self.lam * t) * self.u0
+        grads = {"loss": self.lam * m, "norm2": 2 * m, "coord0": self.q[0, :]}
+        if test not in grads:
+            return None
+        return float(grads[test] @ (-0.5 * self.lam**2 * t * m))
+
+    def _gaussian(self, mean_u, var_u, test: str):
+        m = self.q @ mean_u  # back to x coordinates
+        cov = (self.q * var_u) @ self.q.T
+        if test == "loss":
+            return 0.5 * (mean_u @ (self.lam * mean_u) + var_u @ self.lam)
+        if test == "norm2":
+            return mean_u @ mean_u + var_u.sum()
+        if test == "coord0":
+            return m[0]
+        if test == "cos":
+            a = cos_direction(len(m)).numpy()
+            return np.cos(a @ m) * np.exp(-0.5 * a @ cov @ a)
+        if test == "norm4":
+            s = mean_u @ mean_u + var_u.sum()
+            return s**2 + 2 * (var_u**2).sum() + 4 * mean_u @ (var_u * mean_u)
+        return None
+
+
+class RandomHessianOracle:
+    """Random-Hessian multiplicative noise ℓ_γ = ½ yᵀ(D + diag γ) y, y = Qᵀx, γ ~ N(0, I).
+
+    Each y_i moves alone; its first two moments are exact:
+        SGD:   E y_k = (1 − ηd)^k y₀,        E y_k² = y₀² ((1 − ηd)² + η²)^k
+        SME:   dy = −c y dt + √η y dW, c = d (order 1) or d + ηd²/2 (order 2):
+               E y_t = e^{−ct} y₀,          E y_t² = y₀² e^{(η − 2c)t}
+    which covers L = ½ Σ d_i y_i², |x|² = Σ y_i² and x₀ = Σ_i Q₀ᵢ y_i (the law is not Gaussian).
+    """
+
+    def __init__(self, diag: np.ndarray, q: np.ndarray, x0: np.ndarray):
+        self.d = np.asarray(diag, dtype=np.float64)
+        self.q = np.asarray(q, dtype=np.float64)
+        self.y0 = self.q.T @ np.asarray(x0, dtype=np.float64)
+
+    def discrete(self, eta: float, steps: int, test: str):
+        mean = np.exp(steps * np.log1p(-eta * self.d)) * self.y0
+        second = self.y0**2 * np.exp(steps * np.log((1 - eta * self.d) ** 2 + eta**2))
+        return self._moments(mean, second, test)
+
+    def sde(self, eta: float, t: float, test: str, order: int = 1):
+        c = self.d + (0.5 * eta * self.d**2 if order == 2 else 0.0)
+        return self._moments(np.exp(-c * t) * self.y0, self.y0**2 * np.exp((eta - 2 * c) * t), test)
+
+    def _moments(self, mean, second, test: str):
+        if test == "loss":
+            return 0.5 * self.d @ second
+        if test == "norm2":
+            return second.sum()
+        if test == "coord0":
+            return self.q[0, :] @ mean
+        return None

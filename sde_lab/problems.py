@@ -1,0 +1,224 @@
+"""Built-in problems (SDE_LAB.md): two with exact moments, four that need Monte Carlo.
+
+Each returns a `Problem` in float64. Where a problem has no natural information signal, its state
+signal is the smooth bounded I(x) = |∇L|² / (1 + |∇L|²), and its mini-batch signal is the same
+function of the sampled gradient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pgpo import kl
+from sde_lab.oracles import QuadraticOracle, RandomHessianOracle
+from sde_lab.problem import Problem, deviation_factor
+
+
+def gradient_signal(g: torch.Tensor) -> torch.Tensor:
+    """I = |g|² / (1 + |g|²), a smooth signal in [0, 1): (M, d) → (M,)."""
+    s = (g * g).sum(dim=-1)
+    return s / (1.0 + s)
+
+
+# ---------------------------------------------------------------------------------------------
+# exact
+
+
+def quadratic(hessian=(0.5, 1.0, 2.0), x0=(2.0, -1.0, 1.0)) -> Problem:
+    """Li–Tai–E: ℓ_γ(x) = ½(x − γ)ᵀH(x − γ) − ½ tr H, γ ~ N(0, I); L = ½xᵀHx, Σ = H² (additive).
+
+    `hessian` is the diagonal of H or a symmetric (d, d) matrix. The stochastic gradient
+    Hx − Hγ is Gaussian, so the default sampler (∇L + Σ^{1/2}z) is the real one.
+    """
+    h = np.asarray(hessian, dtype=np.float64)
+    h = np.diag(h) if h.ndim == 1 else h
+    H = torch.from_numpy(h)
+    grad = lambda x: x @ H.to(x)  # noqa: E731  (H symmetric)
+    return Problem(
+        dim=len(h), x0=x0, grad=grad, noise_sqrt=H.clone(), name="quadratic",
+        info=lambda x: gradient_signal(grad(x)),
+        loss=lambda x: 0.5 * ((x @ H.to(x)) * x).sum(dim=-1),
+        lambda_max=float(np.linalg.eigvalsh(h).max()),
+        oracle=QuadraticOracle(h, np.asarray(x0, dtype=np.float64)),
+    )
+
+
+def random_hessian(diag=(0.5, 1.0, 2.0), x0=(1.0, -1.0, 0.5), rotation_seed=0) -> Problem:
+    """Multiplicative noise: ℓ_γ = ½ yᵀ(D + diag γ) y, y = Qᵀx, γ ~ N(0, I); Σ(x) = Q diag(y²) Qᵀ.
+
+    Q is a random rotation (seeded); the noise vanishes at the optimum.
+    """
+    d = np.asarray(diag, dtype=np.float64)
+    q, _ = np.linalg.qr(np.random.default_rng(rotation_seed).normal(size=(len(d), len(d))))
+    Q, D = torch.from_numpy(q), torch.from_numpy(d)
+
+    def grad(x):
+        return ((x @ Q.to(x)) * D.to(x)) @ Q.to(x).T
+
+    def noise_sqrt(x):  # Q diag(y): (M, d, d)
+        return Q.to(x)[None, :, :] * (x @ Q.to(x))[:, None, :]
+
+    return Problem(
+        dim=len(d), x0=x0, grad=grad, noise_sqrt=noise_sqrt, name="random_hessian",
+        info=lambda x: gradient_signal(grad(x)),
+        loss=lambda x: 0.5 * ((x @ Q.to(x)) ** 2 * D.to(x)).sum(dim=-1),
+        lambda_max=float(d.max()),
+        oracle=RandomHessianOracle(d, q, np.asarray(x0, dtype=np.float64)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# finite sums with real mini-batches (batch size 1, sampled uniformly)
+
+
+def _finite_sum(name, dim, x0, per_sample, loss, lambda_max, info_of=gradient_signal, per_sample_info=None):
+    """A finite-sum problem from per-sample gradients `per_sample(x)` (M, n, d).
+
+    Σ is the covariance of one uniformly drawn sample's gradient; its factor is the per-sample
+    deviations scaled by 1/√n, so m = n. The mini-batch signal is `per_sample_info(x)` (M, n) if
+    given, else `info_of` applied to the sampled gradient.
+    """
+
+    def grad(x):
+        return per_sample(x).mean(dim=1)
+
+    def infos(x, grads):
+        return per_sample_info(x) if per_sample_info is not None else info_of(grads)
+
+    def noise_sqrt(x):
+        g = per_sample(x)
+        return deviation_factor(g, torch.full((g.shape[1],), 1.0 / g.shape[1], dtype=x.dtype, device=x.device))
+
+    def sample_grad(x, gen):
+        g = per_sample(x)
+        pick = torch.randint(g.shape[1], (x.shape[0],), generator=gen, device=x.device)
+        rows = torch.arange(x.shape[0], device=x.device)
+        return g[rows, pick], infos(x, g)[rows, pick]
+
+    def batches(x):
+        g = per_sample(x)
+        return g, infos(x, g), torch.full((g.shape[1],), 1.0 / g.shape[1], dtype=x.dtype, device=x.device)
+
+    def state_info(x):
+        return per_sample_info(x).mean(dim=1) if per_sample_info is not None else info_of(grad(x))
+
+    return Problem(dim=dim, x0=x0, grad=grad, noise_sqrt=noise_sqrt, info=state_info, sample_grad=sample_grad,
+                   name=name, loss=loss, lambda_max=lambda_max, batches=batches)
+
+
+def linear_regression(n=16, dim=2, noise=0.5, x0=None, seed=0) -> Problem:
+    """ℓ_i(w) = ½(a_iᵀw − b_i)², i = 1…n, with Gaussian features and label noise `noise`.
+
+    Σ(w) = (1/n) Σ r_i² a_i a_iᵀ − ∇L∇Lᵀ with r_i = a_iᵀw − b_i; with noise = 0 the data are
+    realizable and the gradient noise vanishes at the optimum.
+    """
+    rng = np.random.default_rng(seed)
+    A = torch.from_numpy(rng.normal(size=(n, dim)))
+    b = A @ torch.from_numpy(rng.normal(size=dim)) + noise * torch.from_numpy(rng.normal(size=n))
+
+    def per_sample(w):  # (M, n, d)
+        r = w @ A.to(w).T - b.to(w)
+        return r[:, :, None] * A.to(w)[None, :, :]
+
+    def loss(w):
+        return 0.5 * ((w @ A.to(w).T - b.to(w)) ** 2).mean(dim=1)
+
+    x0 = np.zeros(dim) if x0 is None else x0
+    lam = float(np.linalg.eigvalsh((A.T @ A / n).numpy()).max())
+    return _finite_sum("linear_regression", dim, x0, per_sample, loss, lam)
+
+
+def logistic_regression(n=16, dim=2, l2=0.1, x0=None, seed=0) -> Problem:
+    """ℓ_i(w) = log(1 + exp(−y_i a_iᵀw)) + (l2/2)|w|², labels ±1 from a noisy linear teacher.
+
+    Smooth with bounded derivatives of every order: the setting of the weak-approximation theorems.
+    """
+    rng = np.random.default_rng(seed)
+    A = torch.from_numpy(rng.normal(size=(n, dim)))
+    margin = A @ torch.from_numpy(rng.normal(size=dim)) + 0.5 * torch.from_numpy(rng.normal(size=n))
+    y = torch.where(margin >= 0, 1.0, -1.0).to(torch.float64)
+
+    def per_sample(w):  # (M, n, d)
+        s = torch.sigmoid(-(w @ A.to(w).T) * y.to(w))  # (M, n)
+        return -(s * y.to(w))[:, :, None] * A.to(w)[None, :, :] + l2 * w[:, None, :]
+
+    def loss(w):
+        return torch.nn.functional.softplus(-(w @ A.to(w).T) * y.to(w)).mean(dim=1) + 0.5 * l2 * (w * w).sum(dim=1)
+
+    x0 = np.full(dim, 1.0) if x0 is None else x0
+    lam = float(np.linalg.eigvalsh((A.T @ A / n).numpy()).max()) / 4 + l2
+    return _finite_sum("logistic_regression", dim, x0, per_sample, loss, lam)
+
+
+def self_distillation(prompts=8, answers=4, dim=3, bonus=2.0, x0=None, seed=0) -> Problem:
+    """A toy of SDPO: a softmax student over K answers, its feedback-shifted self-teacher, stop-gradient.
+
+    Prompt i has features F_i (K, d); the student's logits are F_i θ, p_i = softmax(F_i θ). The
+    teacher sees the feedback (which answer c_i is correct): q_i = softmax(F_i θ + bonus·e_{c_i}),
+    held fixed in the gradient (stop-gradient), so the per-prompt update direction is
+    ∇_θ KL(q_i ‖ p_θ)|_{q fixed} = F_iᵀ(p_i − q_i) — a vector field, not the gradient of one loss.
+    Information: I(θ) = mean_i KL(q_i ‖ p_i), and the mini-batch signal is KL(q_γ ‖ p_γ) of the
+    sampled prompt. `loss` (the default test function) is I(θ) itself.
+    """
+    rng = np.random.default_rng(seed)
+    F = torch.from_numpy(rng.normal(size=(prompts, answers, dim)))
+    correct = torch.from_numpy(rng.integers(answers, size=prompts))
+    shift = torch.zeros(prompts, answers, dtype=torch.float64)
+    shift[torch.arange(prompts), correct] = bonus
+
+    def logits(theta):  # (M, n, K)
+        return torch.einsum("nkd,pd->pnk", F.to(theta), theta)
+
+    def student_teacher(theta):
+        z = logits(theta)
+        return z.log_softmax(-1), (z + shift.to(theta)).log_softmax(-1)
+
+    def per_sample(theta):  # (M, n, d)
+        log_p, log_q = student_teacher(theta)
+        return torch.einsum("nkd,pnk->pnd", F.to(theta), log_p.exp() - log_q.exp())
+
+    def per_sample_info(theta):  # (M, n)
+        log_p, log_q = student_teacher(theta)
+        return kl(log_q, log_p)
+
+    def information(theta):
+        return per_sample_info(theta).mean(dim=1)
+
+    x0 = np.zeros(dim) if x0 is None else x0
+    # |J| ≤ ½ max_i ‖F_i‖² for each softmax Jacobian; the field is a difference of two of them
+    lam = 0.5 * float(max(np.linalg.norm(F[i].numpy(), 2) ** 2 for i in range(prompts)))
+    return _finite_sum("self_distillation", dim, x0, per_sample, information, lam, per_sample_info=per_sample_info)
+
+
+def double_well(sigma=1.0, x0=0.5) -> Problem:
+    """L = ¼(x² − 1)² in one dimension with additive noise σ: non-convex, not globally Lipschitz.
+
+    Only small η and a bounded start are safe; no λ_max is declared (the curvature is unbounded).
+    """
+
+    def grad(x):
+        return x**3 - x
+
+    return Problem(
+        dim=1, x0=[x0], grad=grad, noise_sqrt=torch.tensor([[sigma]], dtype=torch.float64), name="double_well",
+        info=lambda x: gradient_signal(grad(x)), loss=lambda x: 0.25 * (x[:, 0] ** 2 - 1.0) ** 2,
+    )
+
+
+BUILTINS = {
+    "quadratic": quadratic,
+    "random_hessian": random_hessian,
+    "linear_regression": linear_regression,
+    "logistic_regression": logistic_regression,
+    "self_distillation": self_distillation,
+    "double_well": double_well,
+}
+
+
+def get(name: str, **kwargs) -> Problem:
+    """A built-in problem by name."""
+    if name not in BUILTINS:
+        raise ValueError(f"unknown problem {name!r}; built-ins are {sorted(BUILTINS)}")
+    return BUILTINS[name](**kwargs)
+

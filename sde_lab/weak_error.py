@@ -1,0 +1,198 @@
+"""The weak error of SGD or PGPO against an SDE, over a ladder of learning rates.
+
+    e(η) = E g(x_{T/η}) − E g(X_T)        (signed), with a 95% interval from its standard error
+
+For each η: the discrete process and the SDE *at that η* (the SDE itself depends on η) are run to the
+same horizon T. The reference E g(X_T) is exact where the problem's oracle covers the case (SGD on the
+exact problems: no Monte Carlo at all), otherwise Euler–Maruyama at dt = η/2^refine with Richardson
+extrapolation, coupled to the discrete process through common random numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pgpo import Multiplier
+from sde_lab import observables
+from sde_lab.discrete import DiscreteProcess
+from sde_lab.euler_maruyama import coupled_paths
+from sde_lab.fit import PolynomialFit, SlopeFit, polynomial_fit, slope_fit
+from sde_lab.problem import Problem
+from sde_lab.sme import sme
+
+REFERENCES = ("auto", "exact", "em")
+
+
+@dataclass
+class WeakErrorResult:
+    """A measured ladder. Arrays are indexed like `etas` (coarsest first)."""
+
+    problem: str
+    process: str
+    sde: str
+    test_fn: str
+    claimed_order: int
+    horizon: float
+    etas: np.ndarray
+    errors: np.ndarray  # signed, e = E g(x) − E g(X)
+    stderr: np.ndarray  # 0 for exact references
+    paths: int  # 0 when nothing was sampled
+    diverged: np.ndarray  # non-finite paths per η, excluded from the means
+    reference: str  # "exact" or "em(dt=η/2^r, richardson)"
+    slope_fit: SlopeFit
+    poly_fit: PolynomialFit
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def slope(self) -> float:
+        return self.slope_fit.slope
+
+    @property
+    def slope_ci(self) -> tuple[float, float]:
+        return self.slope_fit.ci
+
+    @property
+    def diagnostics(self) -> dict:
+        """What the fit used and why points were dropped, by η."""
+        return {
+            "range_used": [float(self.etas[i]) for i in self.slope_fit.used],
+            "dropped": {float(self.etas[i]): why for i, why in sorted(self.slope_fit.dropped.items())},
+            "polynomial": dict(zip(("a", "C1", "C2"), self.poly_fit.coefficients)),
+            "polynomial_ci": dict(zip(("a", "C1", "C2"), self.poly_fit.ci)),
+            "supports_order_one": self.poly_fit.supports_order_one,
+            "diverged": self.diverged.tolist(),
+        }
+
+    def verdict(self) -> str:
+        """Does the measurement bear out the claimed order? (SDE_LAB.md's acceptance rules.)"""
+        lo, hi = self.slope_ci
+        if self.claimed_order == 0:
+            a_lo, a_hi = self.poly_fit.ci[0]
+            plateau = not (a_lo <= 0.0 <= a_hi) or not (self.slope > 0.5)
+            return "no convergence, as claimed" if plateau else "FAIL: converges"
+        if not np.isfinite(self.slope):
+            return "inconclusive: no settled range"
+        tol = 0.2 if self.claimed_order == 1 else 0.3
+        if abs(self.slope - self.claimed_order) < tol and (hi - lo) < 0.3:
+            return f"order {self.claimed_order} holds"
+        if hi - lo >= 0.3:
+            return "inconclusive: CI too wide"
+        return f"FAIL: slope {self.slope:.2f}"
+
+    def passed(self) -> bool:
+        return not self.verdict().startswith(("FAIL", "inconclusive"))
+
+
+def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | None = None, sde: str = "scaled",
+               order: int = 1, signal: str = "state", test_fn=None, paths: int = 4000, seed: int = 0, *,
+               drift: str = "correct", noise: str | None = None, reference: str = "auto", refine: int = 4,
+               richardson: bool = True, device="cpu", progress: bool = False) -> WeakErrorResult:
+    """Measure e(η) on the ladder `etas` at time `horizon` and fit its order.
+
+    Args:
+        problem: a `Problem` (see `sde_lab.problems` for the built-ins).
+        etas: learning rates; each must divide `horizon` into a whole number of steps.
+        horizon: T.
+        multiplier: a `pgpo.Multiplier` for PGPO, or None for SGD.
+        sde: "scaled" (diffusion ×ρ, Li–Tai–E) or "paper" (diffusion unchanged) — PGPO only.
+        order: 1 or 2, the SME's order.
+        signal: "state" (ρ from I(x)) or "minibatch" (ρ from the sampled batch's own I_γ).
+        test_fn: "loss", "norm2", "coord0", "cos", "norm4", a callable (M, d) → (M,), or None.
+        paths: Monte Carlo paths per η (unused with an exact reference).
+        seed: the seed; η number j draws from seed·1000 + j.
+        drift: for signal="minibatch": "correct" (E[ρ_γ ∇ℓ_γ]) or "naive" (ρ(I(x))∇L).
+        noise: the discrete process's gradient noise: "gaussian" (coupled) or "sample" (the problem's
+            real mini-batches, independent of the reference). Default: "sample" for signal="minibatch",
+            else "gaussian".
+        reference: "auto" (exact where the oracle covers it), "exact" (or an error), or "em".
+        refine: r, the reference solves at dt = η/2^r (r ≥ 1; SDE_LAB.md asks r ≥ 4).
+        richardson: extrapolate the reference in dt.
+        device: torch device for the paths.
+        progress: show a progress bar over the ladder.
+    """
+    etas = np.asarray(sorted((float(e) for e in etas), reverse=True))
+    if len(etas) < 2 or np.any(etas <= 0):
+        raise ValueError(f"etas must hold at least two positive learning rates, got {etas.tolist()}")
+    steps = _steps(etas, horizon)
+    _check_stability(problem, etas, multiplier)
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+    if noise is None:
+        noise = "sample" if signal == "minibatch" else "gaussian"
+    test_name, g = observables.resolve(test_fn, problem)
+    models = [sme(problem, eta, multiplier, sde, order, signal, drift) for eta in etas]
+    processes = [DiscreteProcess(problem, eta, multiplier, signal, noise) for eta in etas]
+
+    exact = _exact_errors(problem, etas, steps, horizon, multiplier, order, noise, test_name, reference)
+    notes = []
+    if exact is not None:
+        errors, stderr, diverged, used_paths, ref_name = exact, np.zeros(len(etas)), np.zeros(len(etas), int), 0, "exact"
+    else:
+        if refine < 1:
+            raise ValueError("refine must be >= 1: a reference at dt = η measures zero error by construction")
+        errors, stderr, diverged = (np.zeros(len(etas)) for _ in range(3))
+        diverged = diverged.astype(int)
+        ladder = tqdm(list(enumerate(etas)), desc=f"{problem.name} {processes[0].name} vs {models[0].name}",
+                      disable=not progress, leave=False)
+        for j, eta in ladder:
+            gen = torch.Generator(device=device).manual_seed(seed * 1000 + j)
+            x, y, y_coarse = coupled_paths(processes[j], models[j], steps[j], paths, refine, richardson, gen, device)
+            ref = 2 * g(y) - g(y_coarse) if richardson else g(y)
+            diff = g(x) - ref
+            finite = torch.isfinite(diff) & torch.isfinite(x).all(-1) & torch.isfinite(y).all(-1)
+            diverged[j] = int((~finite).sum())
+            d = diff[finite].double().cpu().numpy()
+            errors[j] = d.mean() if len(d) else np.nan
+            stderr[j] = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.nan
+        used_paths = paths
+        ref_name = f"em(dt=η/{2**refine}{', richardson' if richardson else ''})"
+        if diverged.any():
+            notes.append(f"non-finite paths excluded per η: {diverged.tolist()} of {paths}")
+    fit = slope_fit(etas, errors, stderr)
+    poly = polynomial_fit(etas, errors, stderr, fit.used)
+    return WeakErrorResult(
+        problem=problem.name, process=processes[0].name, sde=models[0].name, test_fn=test_name,
+        claimed_order=models[0].claimed_order, horizon=float(horizon), etas=etas, errors=errors, stderr=stderr,
+        paths=used_paths, diverged=diverged, reference=ref_name, slope_fit=fit, poly_fit=poly, notes=notes,
+    )
+
+
+def _steps(etas: np.ndarray, horizon: float) -> list[int]:
+    steps = []
+    for eta in etas:
+        k = round(horizon / eta)
+        if k < 1 or abs(k * eta - horizon) > 1e-9 * horizon:
+            raise ValueError(f"eta={eta:g} does not divide horizon={horizon:g} into whole steps")
+        steps.append(k)
+    return steps
+
+
+def _check_stability(problem: Problem, etas: np.ndarray, multiplier: Multiplier | None) -> None:
+    """Refuse ladders that break η·ρ_max·λ_max < 2, where discrete and SDE part ways for good."""
+    if problem.lambda_max is None:
+        return
+    rho_max = 1.0 if multiplier is None else multiplier.rho_max
+    worst = etas.max() * rho_max * problem.lambda_max
+    if worst >= 2.0:
+        raise ValueError(
+            f"eta={etas.max():g} is unstable on {problem.name!r}: η·ρ_max·λ_max = {worst:.3g} ≥ 2 "
+            f"(λ_max = {problem.lambda_max:.3g}, ρ_max = {rho_max:g}); start the ladder below {2 / (rho_max * problem.lambda_max):.3g}"
+        )
+
+
+def _exact_errors(problem, etas, steps, horizon, multiplier, order, noise, test_name, reference):
+    """Exact signed errors from the oracle, or None when it does not cover the case (or is not wanted)."""
+    oracle = problem.oracle
+    covered = oracle is not None and multiplier is None and noise == "gaussian"
+    if covered:
+        values = [(oracle.discrete(eta, k, test_name), oracle.sde(eta, horizon, test_name, order)) for eta, k in zip(etas, steps)]
+        covered = all(a is not None and b is not None for a, b in values)
+    if reference == "exact" and not covered:
+        raise ValueError(f"no exact reference for {problem.name!r} with this process and test_fn={test_name!r}")
+    if reference == "em" or not covered:
+        return None
+    return np.array([a - b for a, b in values])
