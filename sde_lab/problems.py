@@ -68,6 +68,18 @@ def random_hessian(diag=(0.5, 1.0, 2.0), x0=(1.0, -1.0, 0.5), rotation_seed=0) -
     )
 
 
+def _last_call_cached(fn):
+    """fn, remembering its last argument: a solver asks for the drift and the diffusion at the same x."""
+    last = [None, None]
+
+    def cached(x):
+        if last[0] is not x:
+            last[0], last[1] = x, fn(x)
+        return last[1]
+
+    return cached
+
+
 # ---------------------------------------------------------------------------------------------
 # finite sums with real mini-batches (batch size 1, sampled uniformly)
 
@@ -79,6 +91,8 @@ def _finite_sum(name, dim, x0, per_sample, loss, lambda_max, info_of=gradient_si
     deviations scaled by 1/√n, so m = n. The mini-batch signal is `per_sample_info(x)` (M, n) if
     given, else `info_of` applied to the sampled gradient.
     """
+
+    per_sample = _last_call_cached(per_sample)
 
     def grad(x):
         return per_sample(x).mean(dim=1)
@@ -146,15 +160,15 @@ def logistic_regression(n=16, dim=2, l2=0.1, x0=None, seed=0) -> Problem:
     def loss(w):
         return torch.nn.functional.softplus(-(w @ A.to(w).T) * y.to(w)).mean(dim=1) + 0.5 * l2 * (w * w).sum(dim=1)
 
-    x0 = np.full(dim, 1.0) if x0 is None else x0
+    x0 = np.resize([2.0, -2.0], dim) if x0 is None else x0
     lam = float(np.linalg.eigvalsh((A.T @ A / n).numpy()).max()) / 4 + l2
     return _finite_sum("logistic_regression", dim, x0, per_sample, loss, lam)
 
 
-def self_distillation(prompts=8, answers=4, dim=3, bonus=2.0, x0=None, seed=0) -> Problem:
+def self_distillation(prompts=8, answers=4, dim=3, bonus=2.0, feature_scale=0.5, x0=(1.5, -1.5, 1.5), seed=0) -> Problem:
     """A toy of SDPO: a softmax student over K answers, its feedback-shifted self-teacher, stop-gradient.
 
-    Prompt i has features F_i (K, d); the student's logits are F_i θ, p_i = softmax(F_i θ). The
+    Prompt i has features F_i (K, d), entries N(0, feature_scale²); the student's logits are F_i θ, p_i = softmax(F_i θ). The
     teacher sees the feedback (which answer c_i is correct): q_i = softmax(F_i θ + bonus·e_{c_i}),
     held fixed in the gradient (stop-gradient), so the per-prompt update direction is
     ∇_θ KL(q_i ‖ p_θ)|_{q fixed} = F_iᵀ(p_i − q_i) — a vector field, not the gradient of one loss.
@@ -162,7 +176,7 @@ def self_distillation(prompts=8, answers=4, dim=3, bonus=2.0, x0=None, seed=0) -
     sampled prompt. `loss` (the default test function) is I(θ) itself.
     """
     rng = np.random.default_rng(seed)
-    F = torch.from_numpy(rng.normal(size=(prompts, answers, dim)))
+    F = torch.from_numpy(rng.normal(scale=feature_scale, size=(prompts, answers, dim)))
     correct = torch.from_numpy(rng.integers(answers, size=prompts))
     shift = torch.zeros(prompts, answers, dtype=torch.float64)
     shift[torch.arange(prompts), correct] = bonus

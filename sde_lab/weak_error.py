@@ -98,7 +98,8 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
         etas: learning rates; each must divide `horizon` into a whole number of steps.
         horizon: T.
         multiplier: a `pgpo.Multiplier` for PGPO, or None for SGD.
-        sde: "scaled" (diffusion ×ρ, Li–Tai–E) or "paper" (diffusion unchanged) — PGPO only.
+        sde: "scaled" (diffusion ×ρ, Li–Tai–E) or "paper" (diffusion unchanged) — PGPO only; or a
+            callable η ↦ `SDEModel`, to test an SDE of one's own against the discrete process.
         order: 1 or 2, the SME's order.
         signal: "state" (ρ from I(x)) or "minibatch" (ρ from the sampled batch's own I_γ).
         test_fn: "loss", "norm2", "coord0", "cos", "norm4", a callable (M, d) → (M,), or None.
@@ -124,10 +125,10 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
     if noise is None:
         noise = "sample" if signal == "minibatch" else "gaussian"
     test_name, g = observables.resolve(test_fn, problem)
-    models = [sme(problem, eta, multiplier, sde, order, signal, drift) for eta in etas]
+    models = [sde(eta) if callable(sde) else sme(problem, eta, multiplier, sde, order, signal, drift) for eta in etas]
     processes = [DiscreteProcess(problem, eta, multiplier, signal, noise) for eta in etas]
 
-    exact = _exact_errors(problem, etas, steps, horizon, multiplier, order, noise, test_name, reference)
+    exact = _exact_errors(problem, etas, steps, horizon, multiplier, sde, order, noise, test_name, reference)
     notes = []
     if exact is not None:
         errors, stderr, diverged, used_paths, ref_name = exact, np.zeros(len(etas)), np.zeros(len(etas), int), 0, "exact"
@@ -184,10 +185,10 @@ def _check_stability(problem: Problem, etas: np.ndarray, multiplier: Multiplier 
         )
 
 
-def _exact_errors(problem, etas, steps, horizon, multiplier, order, noise, test_name, reference):
+def _exact_errors(problem, etas, steps, horizon, multiplier, sde, order, noise, test_name, reference):
     """Exact signed errors from the oracle, or None when it does not cover the case (or is not wanted)."""
     oracle = problem.oracle
-    covered = oracle is not None and multiplier is None and noise == "gaussian"
+    covered = oracle is not None and multiplier is None and noise == "gaussian" and not callable(sde)
     if covered:
         values = [(oracle.discrete(eta, k, test_name), oracle.sde(eta, horizon, test_name, order)) for eta, k in zip(etas, steps)]
         covered = all(a is not None and b is not None for a, b in values)

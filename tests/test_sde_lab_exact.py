@@ -1,0 +1,117 @@
+"""sde_lab on the exact oracles: no Monte Carlo, so the slopes are held to ±0.05."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pgpo import Multiplier
+from sde_lab import problems, weak_error
+from sde_lab.euler_maruyama import coupled_paths
+from sde_lab.discrete import DiscreteProcess
+from sde_lab.fit import slope_fit
+from sde_lab.sme import SDEModel, sme
+
+DEEP = [2.0**-j for j in range(9, 15)]  # SDE_LAB.md: the asymptotic range of the quadratic starts late
+
+
+def test_sgd_vs_order_one_sme_on_the_quadratic_is_order_one():
+    r = weak_error(problems.quadratic(), DEEP, horizon=2.0)
+    assert r.reference == "exact" and r.paths == 0 and np.all(r.stderr == 0)
+    assert abs(r.slope - 1.0) < 0.05
+    assert r.slope_ci[0] < r.slope < r.slope_ci[1]
+    assert r.poly_fit.supports_order_one
+    assert r.verdict() == "order 1 holds"
+
+
+def test_e_over_eta_tends_to_the_exact_constant():
+    """lim e/η = −½ Σ λ³ t u₀² e^{−2λt} = −0.0886… for SDE_LAB.md's quadratic (g = L, T = 2)."""
+    lam, u0, t = np.array([0.5, 1.0, 2.0]), np.array([2.0, -1.0, 1.0]), 2.0
+    constant = float(np.sum(-0.5 * lam**3 * t * u0**2 * np.exp(-2 * lam * t)))
+    assert constant == pytest.approx(-0.0886670, abs=1e-6)
+    problem = problems.quadratic()
+    assert problem.oracle.first_order_constant(t, "loss") == pytest.approx(constant, rel=1e-12)
+    r = weak_error(problem, DEEP, horizon=t)
+    ratios = r.errors / r.etas
+    assert abs(ratios[-1] - constant) < abs(ratios[-2] - constant) < abs(ratios[0] - constant)
+    assert ratios[-1] == pytest.approx(constant, rel=2e-3)
+    assert r.poly_fit.coefficients[1] == pytest.approx(constant, rel=1e-4)  # C₁ of the signed fit
+
+
+@pytest.mark.parametrize("test_fn", ["loss", "norm2", "coord0", "cos", "norm4"])
+def test_sgd_vs_order_two_sme_on_the_quadratic_is_order_two(test_fn):
+    r = weak_error(problems.quadratic(), [2.0**-j for j in range(4, 10)], horizon=2.0, order=2, test_fn=test_fn)
+    assert r.reference == "exact"
+    assert abs(r.slope - 2.0) < 0.05, (r.slope, r.errors)
+    assert r.claimed_order == 2 and r.verdict() == "order 2 holds"
+
+
+def test_random_hessian_orders():
+    one = weak_error(problems.random_hessian(), DEEP, horizon=2.0)
+    two = weak_error(problems.random_hessian(), [2.0**-j for j in range(4, 10)], horizon=2.0, order=2)
+    assert abs(one.slope - 1.0) < 0.05 and abs(two.slope - 2.0) < 0.05
+
+
+def test_a_wrong_diffusion_shows_against_the_order_two_sme():
+    """SDE_LAB.md: doubling Σ in the SME keeps slope 1 against order 1 but breaks slope 2."""
+    problem = problems.quadratic()
+
+    def doubled(eta, order):
+        model = sme(problem, eta, order=order)
+        return SDEModel(model.name + "[2Σ]", order, model.drift, lambda x: math.sqrt(2.0) * model.diffusion(x), model.noise_dim)
+
+    etas = [2.0**-j for j in range(2, 6)]
+    right = weak_error(problem, etas, horizon=1.0, order=2, reference="em", paths=2000, test_fn="norm2")
+    wrong = weak_error(problem, etas, horizon=1.0, sde=lambda eta: doubled(eta, 2), paths=2000, test_fn="norm2")
+    assert abs(right.slope - 2.0) < 0.3
+    assert wrong.slope < 1.3 and not wrong.passed()
+
+
+def test_monte_carlo_pipeline_agrees_with_the_exact_errors():
+    """Coupled Euler–Maruyama with Richardson reproduces the oracle's signed errors within their CIs."""
+    problem = problems.quadratic()
+    etas = [2.0**-2, 2.0**-3, 2.0**-4]
+    exact = weak_error(problem, etas, horizon=1.0, order=2, test_fn="norm2")
+    mc = weak_error(problem, etas, horizon=1.0, order=2, test_fn="norm2", reference="em", paths=4000, seed=3)
+    assert mc.reference.startswith("em") and mc.paths == 4000
+    z = (mc.errors - exact.errors) / mc.stderr
+    assert np.all(np.abs(z) < 4), z
+    assert np.all(mc.stderr < 0.2 * np.abs(exact.errors))  # coupling makes the differences cheap
+
+
+def test_the_dt_equals_eta_trap_is_refused():
+    with pytest.raises(ValueError, match="refine"):
+        weak_error(problems.double_well(), [0.1, 0.05], horizon=1.0, refine=0, richardson=False)
+
+
+def test_sgd_is_euler_maruyama_of_its_sme_at_dt_eta():
+    """Why the trap is a trap: with the same normals, SGD and EM at dt = η are the same numbers."""
+    problem = problems.logistic_regression()
+    eta = 0.125
+    process, model = DiscreteProcess(problem, eta), sme(problem, eta)
+    x, y, _ = coupled_paths(process, model, steps=8, paths=50, refine=0, richardson=False,
+                            gen=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
+def test_unstable_ladders_are_refused_with_the_numbers():
+    with pytest.raises(ValueError, match=r"eta=0.6 is unstable.*λ_max = 2"):
+        weak_error(problems.quadratic(), [0.6, 0.3], horizon=1.2, multiplier=Multiplier(1.0, 2.0))
+
+
+def test_ladders_must_divide_the_horizon():
+    with pytest.raises(ValueError, match="eta=0.3 does not divide"):
+        weak_error(problems.quadratic(), [0.3, 0.25], horizon=1.0)
+
+
+def test_slope_fit_drops_noise_sign_changes_and_the_pre_asymptotic_range():
+    etas = np.array([2.0**-j for j in range(2, 10)])
+    errors = 0.3 * etas + 5.0 * etas**2
+    errors[0] = -0.05  # a sign change far out
+    stderr = np.full_like(etas, 1e-6)
+    stderr[-1] = errors[-1]  # the finest point drowns in noise
+    fit = slope_fit(etas, errors, stderr)
+    assert fit.dropped[len(etas) - 1].startswith("below noise")
+    assert fit.dropped[0] in ("sign change", "pre-asymptotic")
+    assert abs(fit.slope - 1.0) < 0.2 and fit.ci[0] < fit.slope < fit.ci[1]
