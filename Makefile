@@ -27,6 +27,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m pgpo
+	$(PY) -m sde_lab verify --quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q

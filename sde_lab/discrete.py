@@ -5,8 +5,13 @@
                                         ρ_k = ρ(I_γk(x_k))   (signal="minibatch": the same sample as g_k)
 
 g_k is ∇L(x_k) + Σ^{1/2}(x_k) z_k with z_k standard normal (noise="gaussian", which can share its
-normals with an SDE solver), or a real mini-batch gradient from the problem's `sample_grad`
-(noise="sample").
+normals with an SDE solver), or a real mini-batch gradient (noise="sample").
+
+Real mini-batches can still share randomness with an SDE solver when the problem enumerates its
+batches (`Problem.batches`): a quantile coupling. Project the step's normals z on the leading
+direction e of the process's own noise factor S (ζ = eᵀSz / |Sᵀe| ~ N(0, 1), independent of the
+past), sort the batches by eᵀ(v_γ − v̄), and take the batch at the weighted quantile Φ(ζ). The batch
+is drawn with exactly its probability, and its noise moves with the SDE's along e.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class DiscreteProcess:
         if self.noise == "gaussian":
             g = self.problem.grad(x) + apply_noise(self.problem.noise(x), z)
             signal = None
+        elif z is not None:
+            return self._quantile_coupled_step(x, z)
         else:
             g, signal = self.problem.sample(x, gen)
         if self.multiplier is None:
@@ -60,3 +67,29 @@ class DiscreteProcess:
         elif signal is None:
             raise ValueError(f"problem {self.problem.name!r}: sample_grad returns no mini-batch signal")
         return x - self.eta * self.multiplier(signal)[:, None] * g
+
+    @property
+    def couples(self) -> bool:
+        """Whether the process can share the SDE's normals (Gaussian noise, or enumerable batches)."""
+        return self.noise == "gaussian" or self.problem.batches is not None
+
+    def _quantile_coupled_step(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """A real mini-batch step whose batch is chosen by the normals z (see the module docstring)."""
+        grads, infos, weights = self.problem.batches(x)  # (M, B, d), (M, B), (B,)
+        if self.multiplier is None:
+            v = grads
+        elif self.signal == "minibatch":
+            v = self.multiplier(infos)[:, :, None] * grads
+        else:
+            v = self.multiplier(self.problem.info(x))[:, None, None] * grads
+        dev = v - torch.einsum("b,pbd->pd", weights, v)[:, None, :]
+        factor = (dev * weights.sqrt()[None, :, None]).transpose(1, 2)  # S: (M, d, B), S Sᵀ = Cov(v)
+        e = torch.linalg.eigh(factor @ factor.transpose(1, 2))[1][..., -1]  # leading direction (M, d)
+        along = torch.einsum("pd,pdb->pb", e, factor)  # eᵀS: (M, B)
+        norm = along.norm(dim=1)
+        zeta = (along * z).sum(dim=1) / torch.where(norm > 0, norm, torch.ones_like(norm))
+        order = torch.argsort(torch.einsum("pd,pbd->pb", e, dev), dim=1)
+        cumulative = torch.cumsum(weights[order], dim=1)
+        u = torch.special.ndtr(zeta)[:, None] * cumulative[:, -1:]
+        pick = order.gather(1, torch.searchsorted(cumulative, u).clamp(max=v.shape[1] - 1))[:, 0]
+        return x - self.eta * v[torch.arange(x.shape[0], device=x.device), pick]

@@ -30,12 +30,13 @@ def em_step(model: SDEModel, y: torch.Tensor, dt: float, dw: torch.Tensor) -> to
 
 def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: int, refine: int = 4,
                   richardson: bool = True, gen: torch.Generator | None = None, device="cpu",
-                  dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                  dtype=torch.float64, coupled: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run `paths` paths of the discrete process for `steps` steps of η and of the SDE to T = steps·η.
 
     Returns (x_K, Y_T at dt = η/2^refine, Y_T at 2dt or None without Richardson), each (M, d).
-    With Gaussian noise the discrete process is driven by the reference's own increments; with
-    real mini-batches (noise="sample") the two are independent.
+    The discrete process is driven by the reference's own increments when it can be (Gaussian
+    noise, or real mini-batches of a problem that enumerates them: a quantile coupling) and
+    `coupled` is True; otherwise the two are independent.
     """
     eta = process.eta
     sub = 2**refine
@@ -46,6 +47,7 @@ def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: 
     y = x.clone()
     y_coarse = x.clone() if richardson else None
     scale = math.sqrt(dt)
+    coupled = coupled and process.couples
     for _ in range(steps):
         dw = torch.randn(sub, paths, model.noise_dim, generator=gen, device=device, dtype=dtype) * scale
         for j in range(sub):
@@ -54,7 +56,7 @@ def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: 
             pairs = dw[0::2] + dw[1::2]
             for j in range(sub // 2):
                 y_coarse = em_step(model, y_coarse, 2 * dt, pairs[j])
-        if process.noise == "gaussian":
+        if coupled:
             x = process.step(x, z=-dw.sum(dim=0) / math.sqrt(eta))
         else:
             x = process.step(x, gen=gen)

@@ -5,10 +5,12 @@ Signed:  e_j = a + C₁η_j + C₂η_j²  by weighted least squares. Order 1 is 
 Slope:   log|e_j| = log C + p·log η_j  by weighted least squares on the asymptotic range only: points
          with |e| < 3·se are dropped as noise, and, walking from the finest η towards coarser ones,
          a point joins while the errors keep their sign and the local slope log(e_j/e_{j+1})/log(η_j/η_{j+1})
-         stays within max(0.1, 2·its se) of the running mean (the successive ratios have settled).
+         stays within max(0.1, 2·se of the difference) of the running mean of the local slopes so far
+         (the successive ratios have settled).
 
-Intervals are 95%: with sampling errors (se > 0) from the known variances, inflated by the reduced χ²
-when the scatter exceeds them; with exact errors (se = 0) from the residuals (a t-interval).
+Intervals are 95%: with sampling errors (se > 0) from the known variances (a normal interval), inflated
+by the reduced χ² when the scatter exceeds them; with exact errors (se = 0) from the residuals (a
+t-interval, the only information about the misfit there is).
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ def weighted_least_squares(design: np.ndarray, y: np.ndarray, se: np.ndarray | N
         cov = unscaled * (resid @ resid) / dof
         q = stats.t.ppf(0.975, dof)
     else:
+        # known variances: a normal interval, scaled up by the reduced χ² when the points scatter more
+        # than their errors say (the misfit of a not-quite-asymptotic range shows up there)
         chi2 = (resid @ resid) / dof if dof > 0 else 1.0
         cov = unscaled * max(1.0, chi2)
-        q = stats.t.ppf(0.975, dof) if dof > 0 else stats.norm.ppf(0.975)
+        q = stats.norm.ppf(0.975)
     return beta, q * np.sqrt(np.diag(cov))
 
 
@@ -87,9 +91,10 @@ def slope_fit(etas, errors, stderr, settle: float = 0.1) -> SlopeFit:
             continue
         s, s_se = _local_slope(etas, errors, stderr, used[-1], i)
         mean = np.mean([v for v, _ in local])
+        mean_se = np.sqrt(np.sum([v**2 for _, v in local])) / len(local)
         if np.sign(errors[i]) != np.sign(errors[used[-1]]):
             reason = "sign change"
-        elif abs(s - mean) > max(settle, 2 * s_se):
+        elif abs(s - mean) > max(settle, 2 * np.hypot(s_se, mean_se)):
             reason = "pre-asymptotic"
         else:
             used.append(i)

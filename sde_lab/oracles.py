@@ -13,31 +13,32 @@ from sde_lab.observables import cos_direction
 
 
 class QuadraticOracle:
-    """Li–Tai–E quadratic ℓ_γ(x) = ½(x − γ)ᵀH(x − γ) − ½ tr H, γ ~ N(0, I): L = ½xᵀHx, Σ = H².
+    """Li–Tai–E quadratic ℓ_γ(x) = ½(x − γ)ᵀH(x − γ) − ½ tr H, γ ~ N(0, s²I): L = ½xᵀHx, Σ = s²H².
 
     In the eigenbasis u = Qᵀx of H = Q diag(λ) Qᵀ every law here is Gaussian with independent
     coordinates:
-        SGD:   E u_k = (1 − ηλ)^k u₀,   Var u_k = ηλ (1 − (1 − ηλ)^{2k}) / (2 − ηλ)
-        SME:   dU = −a U dt + √η λ dW,  a = λ (order 1) or λ + ηλ²/2 (order 2):
-               E U_t = e^{−at} u₀,      Var U_t = ηλ² (1 − e^{−2at}) / (2a)
+        SGD:   E u_k = (1 − ηλ)^k u₀,   Var u_k = s²ηλ (1 − (1 − ηλ)^{2k}) / (2 − ηλ)
+        SME:   dU = −a U dt + √η sλ dW,  a = λ (order 1) or λ + ηλ²/2 (order 2):
+               E U_t = e^{−at} u₀,      Var U_t = s²ηλ² (1 − e^{−2at}) / (2a)
     so E g is exact for every test function with a Gaussian closed form (L, |x|², x₀, cos(aᵀx), |x|⁴).
     """
 
-    def __init__(self, hessian: np.ndarray, x0: np.ndarray):
+    def __init__(self, hessian: np.ndarray, x0: np.ndarray, noise_scale: float = 1.0):
         self.hessian = np.asarray(hessian, dtype=np.float64)
+        self.s2 = noise_scale**2  # Σ = s²H² scales every variance by s²
         self.lam, self.q = np.linalg.eigh(self.hessian)
         self.u0 = self.q.T @ np.asarray(x0, dtype=np.float64)
 
     def discrete(self, eta: float, steps: int, test: str):
         h = eta * self.lam
         mean = np.exp(steps * np.log1p(-h)) * self.u0
-        var = h * -np.expm1(2 * steps * np.log1p(-h)) / (2 - h)
+        var = self.s2 * h * -np.expm1(2 * steps * np.log1p(-h)) / (2 - h)
         return self._gaussian(mean, var, test)
 
     def sde(self, eta: float, t: float, test: str, order: int = 1):
         a = self.lam + (0.5 * eta * self.lam**2 if order == 2 else 0.0)
         mean = np.exp(-a * t) * self.u0
-        var = eta * self.lam**2 * -np.expm1(-2 * a * t) / (2 * a)
+        var = self.s2 * eta * self.lam**2 * -np.expm1(-2 * a * t) / (2 * a)
         return self._gaussian(mean, var, test)
 
     def first_order_constant(self, t: float, test: str):

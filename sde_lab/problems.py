@@ -25,8 +25,8 @@ def gradient_signal(g: torch.Tensor) -> torch.Tensor:
 # exact
 
 
-def quadratic(hessian=(0.5, 1.0, 2.0), x0=(2.0, -1.0, 1.0)) -> Problem:
-    """Li–Tai–E: ℓ_γ(x) = ½(x − γ)ᵀH(x − γ) − ½ tr H, γ ~ N(0, I); L = ½xᵀHx, Σ = H² (additive).
+def quadratic(hessian=(0.5, 1.0, 2.0), x0=(2.0, -1.0, 1.0), noise_scale=1.0) -> Problem:
+    """Li–Tai–E: ℓ_γ(x) = ½(x − γ)ᵀH(x − γ) − ½ tr H, γ ~ N(0, s²I); L = ½xᵀHx, Σ = s²H² (additive).
 
     `hessian` is the diagonal of H or a symmetric (d, d) matrix. The stochastic gradient
     Hx − Hγ is Gaussian, so the default sampler (∇L + Σ^{1/2}z) is the real one.
@@ -36,11 +36,11 @@ def quadratic(hessian=(0.5, 1.0, 2.0), x0=(2.0, -1.0, 1.0)) -> Problem:
     H = torch.from_numpy(h)
     grad = lambda x: x @ H.to(x)  # noqa: E731  (H symmetric)
     return Problem(
-        dim=len(h), x0=x0, grad=grad, noise_sqrt=H.clone(), name="quadratic",
+        dim=len(h), x0=x0, grad=grad, noise_sqrt=noise_scale * H.clone(), name="quadratic",
         info=lambda x: gradient_signal(grad(x)),
         loss=lambda x: 0.5 * ((x @ H.to(x)) * x).sum(dim=-1),
         lambda_max=float(np.linalg.eigvalsh(h).max()),
-        oracle=QuadraticOracle(h, np.asarray(x0, dtype=np.float64)),
+        oracle=QuadraticOracle(h, np.asarray(x0, dtype=np.float64), noise_scale),
     )
 
 
@@ -184,6 +184,7 @@ def self_distillation(prompts=8, answers=4, dim=3, bonus=2.0, feature_scale=0.5,
     def logits(theta):  # (M, n, K)
         return torch.einsum("nkd,pd->pnk", F.to(theta), theta)
 
+    @_last_call_cached
     def student_teacher(theta):
         z = logits(theta)
         return z.log_softmax(-1), (z + shift.to(theta)).log_softmax(-1)

@@ -1,0 +1,35 @@
+"""`python -m sde_lab verify [--quick] [--json PATH]` and `python -m sde_lab bench`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sde_lab", description="Weak-order checks of SGD and PGPO.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    verify = sub.add_parser("verify", help="measure the claims of SDE_LAB.md and print one table")
+    verify.add_argument("--quick", action="store_true", help="fewer paths and shorter ladders (under a minute)")
+    verify.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    verify.add_argument("--only", metavar="TEXT", help="run only the claims whose label contains TEXT")
+    args = parser.parse_args(argv)
+
+    if args.command == "verify":
+        from sde_lab.verify import run, table
+
+        start = time.perf_counter()
+        rows = run(quick=args.quick, json_path=args.json, only=args.only)
+        print(table(rows))
+        failed = [r for r in rows if r.must_hold and not r.ok]
+        print(f"\n{len(rows) - len(failed)} of {len(rows)} claims borne out"
+              f" ({'quick' if args.quick else 'full'} run, {time.perf_counter() - start:.0f} s)")
+        for r in failed:
+            print(f"FAILED: {r.problem} {r.process} vs {r.sde}: {r.verdict}", file=sys.stderr)
+        return 1 if failed else 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
