@@ -14,7 +14,24 @@ def main(argv=None) -> int:
     verify.add_argument("--quick", action="store_true", help="fewer paths and shorter ladders (under a minute)")
     verify.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     verify.add_argument("--only", metavar="TEXT", help="run only the claims whose label contains TEXT")
+    bench = sub.add_parser("bench", help="engine throughput against sdeint, torchsde and the bare normal draws")
+    bench.add_argument("--paths", type=int, default=1000)
+    bench.add_argument("--sdeint-paths", type=int, default=None, help="time sdeint on fewer paths and scale")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
+
+    if args.command == "bench":
+        import json
+
+        from sde_lab.bench import report, run as run_bench
+
+        result = run_bench(paths=args.paths, sdeint_paths=args.sdeint_paths, device=args.device)
+        print(report(result))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return 0
 
     if args.command == "verify":
         from sde_lab.verify import run, table
