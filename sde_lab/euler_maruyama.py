@@ -30,13 +30,15 @@ def em_step(model: SDEModel, y: torch.Tensor, dt: float, dw: torch.Tensor) -> to
 
 def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: int, refine: int = 4,
                   richardson: bool = True, gen: torch.Generator | None = None, device="cpu",
-                  dtype=torch.float64, coupled: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                  dtype=torch.float64, coupled: bool = True, every: int | None = None,
+                  observe=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run `paths` paths of the discrete process for `steps` steps of η and of the SDE to T = steps·η.
 
     Returns (x_K, Y_T at dt = η/2^refine, Y_T at 2dt or None without Richardson), each (M, d).
     The discrete process is driven by the reference's own increments when it can be (Gaussian
     noise, or real mini-batches of a problem that enumerates them: a quantile coupling) and
-    `coupled` is True; otherwise the two are independent.
+    `coupled` is True; otherwise the two are independent. With `every` and `observe`,
+    observe(x, y, y_coarse) is called after every `every`-th step (the checkpoints).
     """
     eta = process.eta
     sub = 2**refine
@@ -48,7 +50,7 @@ def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: 
     y_coarse = x.clone() if richardson else None
     scale = math.sqrt(dt)
     coupled = coupled and process.couples
-    for _ in range(steps):
+    for k in range(1, steps + 1):
         dw = torch.randn(sub, paths, model.noise_dim, generator=gen, device=device, dtype=dtype) * scale
         for j in range(sub):
             y = em_step(model, y, dt, dw[j])
@@ -60,4 +62,6 @@ def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: 
             x = process.step(x, z=-dw.sum(dim=0) / math.sqrt(eta))
         else:
             x = process.step(x, gen=gen)
+        if observe is not None and k % every == 0:
+            observe(x, y, y_coarse)
     return x, y, y_coarse

@@ -45,7 +45,15 @@ class WeakErrorResult:
     reference: str  # "exact" or "em(dt=η/2^r, richardson)"
     slope_fit: SlopeFit
     poly_fit: PolynomialFit
+    checkpoint_times: np.ndarray  # the multiples of the coarsest η up to T
+    checkpoint_errors: np.ndarray  # (len(etas), len(checkpoint_times)) signed errors there
+    paths_needed: np.ndarray  # M for a 95% half-width ≤ 20% of |e| (SDE_LAB.md); 0 when exact
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def max_errors(self) -> np.ndarray:
+        """max over checkpoints of |e|: the quantity in the definition of weak order."""
+        return np.abs(self.checkpoint_errors).max(axis=1)
 
     @property
     def slope(self) -> float:
@@ -65,6 +73,8 @@ class WeakErrorResult:
             "polynomial_ci": dict(zip(("a", "C1", "C2"), self.poly_fit.ci)),
             "supports_order_one": self.poly_fit.supports_order_one,
             "diverged": self.diverged.tolist(),
+            "max_errors_over_checkpoints": self.max_errors.tolist(),
+            "paths_needed": self.paths_needed.tolist(),
         }
 
     def verdict(self) -> str:
@@ -136,38 +146,61 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
     models = [sde(eta) if callable(sde) else sme(problem, eta, multiplier, sde, order, signal, drift) for eta in etas]
     processes = [DiscreteProcess(problem, eta, multiplier, signal, noise) for eta in etas]
 
-    exact = _exact_errors(problem, etas, steps, horizon, multiplier, sde, order, noise, test_name, reference)
+    times = etas[0] * np.arange(1, steps[0] + 1)  # every multiple of the coarsest step
+    exact = _exact_errors(problem, etas, steps, horizon, multiplier, sde, order, noise, test_name, reference, times)
     notes = []
     if exact is not None:
-        errors, stderr, diverged, used_paths, ref_name = exact, np.zeros(len(etas)), np.zeros(len(etas), int), 0, "exact"
+        checkpoints = exact
+        errors, stderr, used_paths, ref_name = exact[:, -1], np.zeros(len(etas)), 0, "exact"
+        diverged, needed = np.zeros(len(etas), int), np.zeros(len(etas), int)
     else:
         if refine < 1:
             raise ValueError("refine must be >= 1: a reference at dt = η measures zero error by construction")
-        errors, stderr, diverged = (np.zeros(len(etas)) for _ in range(3))
-        diverged = diverged.astype(int)
+        errors, stderr, needed = np.zeros(len(etas)), np.zeros(len(etas)), np.zeros(len(etas), int)
+        diverged = np.zeros(len(etas), int)
+        checkpoints = np.zeros((len(etas), len(times)))
         ladder = tqdm(list(enumerate(etas)), desc=f"{problem.name} {processes[0].name} vs {models[0].name}",
                       disable=not progress, leave=False)
         for j, eta in ladder:
             gen = torch.Generator(device=device).manual_seed(seed * 1000 + j)
-            x, y, y_coarse = coupled_paths(processes[j], models[j], steps[j], paths, refine, richardson, gen, device)
-            ref = 2 * g(y) - g(y_coarse) if richardson else g(y)
-            diff = g(x) - ref
-            finite = torch.isfinite(diff) & torch.isfinite(x).all(-1) & torch.isfinite(y).all(-1)
-            diverged[j] = int((~finite).sum())
-            d = diff[finite].double().cpu().numpy()
+            seen = []
+
+            def observe(x, y, y_coarse):
+                seen.append(_difference(g, x, y, y_coarse))
+
+            coupled_paths(processes[j], models[j], steps[j], paths, refine, richardson, gen, device,
+                          every=steps[j] // steps[0], observe=observe)
+            checkpoints[j] = [d.mean() if len(d) else np.nan for d, _ in seen]
+            d, diverged[j] = seen[-1]
             errors[j] = d.mean() if len(d) else np.nan
             stderr[j] = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.nan
+            if len(d) > 1 and errors[j] != 0:
+                needed[j] = int(np.ceil((1.96 * d.std(ddof=1) / (0.2 * abs(errors[j]))) ** 2))
         used_paths = paths
         ref_name = f"em(dt=η/{2**refine}{', richardson' if richardson else ''})"
         if diverged.any():
             notes.append(f"non-finite paths excluded per η: {diverged.tolist()} of {paths}")
+        if needed[-1] > paths:
+            notes.append(f"at η = {etas[-1]:g} a 95% half-width of 20% of |e| needs {needed[-1]} paths, {paths} were run")
     fit = slope_fit(etas, errors, stderr)
     poly = polynomial_fit(etas, errors, stderr, fit.used)
     return WeakErrorResult(
         problem=problem.name, process=processes[0].name, sde=models[0].name, test_fn=test_name,
         claimed_order=models[0].claimed_order, horizon=float(horizon), etas=etas, errors=errors, stderr=stderr,
-        paths=used_paths, diverged=diverged, reference=ref_name, slope_fit=fit, poly_fit=poly, notes=notes,
+        paths=used_paths, diverged=diverged, reference=ref_name, slope_fit=fit, poly_fit=poly,
+        checkpoint_times=times, checkpoint_errors=checkpoints, paths_needed=needed, notes=notes,
     )
+
+
+def _difference(g, x, y, y_coarse):
+    """Per-path g(x) − reference (Richardson-extrapolated when y_coarse is given), finite paths only.
+
+    Returns (differences as a float64 numpy array, number of non-finite paths dropped).
+    """
+    ref = 2 * g(y) - g(y_coarse) if y_coarse is not None else g(y)
+    diff = g(x) - ref
+    finite = torch.isfinite(diff) & torch.isfinite(x).all(-1) & torch.isfinite(y).all(-1)
+    return diff[finite].double().cpu().numpy(), int((~finite).sum())
 
 
 def _steps(etas: np.ndarray, horizon: float) -> list[int]:
@@ -193,15 +226,14 @@ def _check_stability(problem: Problem, etas: np.ndarray, multiplier: Multiplier 
         )
 
 
-def _exact_errors(problem, etas, steps, horizon, multiplier, sde, order, noise, test_name, reference):
-    """Exact signed errors from the oracle, or None when it does not cover the case (or is not wanted)."""
+def _exact_errors(problem, etas, steps, horizon, multiplier, sde, order, noise, test_name, reference, times):
+    """Exact signed errors (len(etas), len(times)) from the oracle, or None when it does not cover the case."""
     oracle = problem.oracle
     covered = oracle is not None and multiplier is None and noise == "gaussian" and not callable(sde)
-    if covered:
-        values = [(oracle.discrete(eta, k, test_name), oracle.sde(eta, horizon, test_name, order)) for eta, k in zip(etas, steps)]
-        covered = all(a is not None and b is not None for a, b in values)
+    covered = covered and oracle.discrete(etas[0], 1, test_name) is not None
     if reference == "exact" and not covered:
         raise ValueError(f"no exact reference for {problem.name!r} with this process and test_fn={test_name!r}")
     if reference == "em" or not covered:
         return None
-    return np.array([a - b for a, b in values])
+    return np.array([[oracle.discrete(eta, int(round(t / eta)), test_name) - oracle.sde(eta, t, test_name, order)
+                      for t in times] for eta in etas])

@@ -115,3 +115,18 @@ def test_slope_fit_drops_noise_sign_changes_and_the_pre_asymptotic_range():
     assert fit.dropped[len(etas) - 1].startswith("below noise")
     assert fit.dropped[0] in ("sign change", "pre-asymptotic")
     assert abs(fit.slope - 1.0) < 0.2 and fit.ci[0] < fit.slope < fit.ci[1]
+
+
+def test_checkpoints_follow_the_definition_of_weak_order():
+    """Errors at every multiple of the coarsest η, and their maximum (the quantity in the definition)."""
+    etas = [2.0**-j for j in range(3, 7)]
+    r = weak_error(problems.quadratic(), etas, horizon=1.0)
+    assert r.checkpoint_errors.shape == (4, 8) and np.allclose(r.checkpoint_times, np.arange(1, 9) / 8)
+    np.testing.assert_allclose(r.checkpoint_errors[:, -1], r.errors, rtol=1e-12)
+    assert np.all(r.max_errors >= np.abs(r.errors))
+    # the max over checkpoints is itself first order on this ladder's tail
+    assert abs(np.log2(r.max_errors[-2] / r.max_errors[-1]) - 1.0) < 0.2
+    mc = weak_error(problems.quadratic(), etas, horizon=1.0, reference="em", paths=500, test_fn="norm2")
+    assert mc.checkpoint_errors.shape == (4, 8)
+    np.testing.assert_allclose(mc.checkpoint_errors[:, -1], mc.errors)
+    assert np.all(mc.paths_needed > 0) and "paths_needed" in mc.diagnostics
