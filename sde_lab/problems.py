@@ -143,14 +143,15 @@ def linear_regression(n=16, dim=2, noise=0.5, x0=None, seed=0) -> Problem:
     return _finite_sum("linear_regression", dim, x0, per_sample, loss, lam)
 
 
-def logistic_regression(n=16, dim=2, l2=0.1, x0=None, seed=0) -> Problem:
+def logistic_regression(n=16, dim=2, l2=0.1, feature_scale=1.0, x0=None, seed=0) -> Problem:
     """ℓ_i(w) = log(1 + exp(−y_i a_iᵀw)) + (l2/2)|w|², labels ±1 from a noisy linear teacher.
 
+    Features a_i ~ N(0, feature_scale²·I); a larger scale means larger gradient noise (and curvature).
     Smooth with bounded derivatives of every order: the setting of the weak-approximation theorems.
     """
     rng = np.random.default_rng(seed)
-    A = torch.from_numpy(rng.normal(size=(n, dim)))
-    margin = A @ torch.from_numpy(rng.normal(size=dim)) + 0.5 * torch.from_numpy(rng.normal(size=n))
+    A = feature_scale * torch.from_numpy(rng.normal(size=(n, dim)))
+    margin = A @ torch.from_numpy(rng.normal(size=dim)) + 0.5 * feature_scale * torch.from_numpy(rng.normal(size=n))
     y = torch.where(margin >= 0, 1.0, -1.0).to(torch.float64)
 
     def per_sample(w):  # (M, n, d)

@@ -157,6 +157,9 @@ def claims() -> list[Claim]:
         Claim("self_distillation PGPO/scaled", lambda q: _order_row(
             True, problems.self_distillation(), ladder(q, 2, 6), 1.0, multiplier=smooth, test_fn="norm2",
             paths=paths(q, 1000), seed=1)),
+        Claim("logistic x2 PGPO/paper", lambda q: _order_row(
+            True, problems.logistic_regression(feature_scale=2.0), _ladder(3, 6), 1.0, multiplier=smooth4, sde="paper",
+            test_fn="norm2", paths=paths(q, 2000), seed=2)),
         Claim("self_distillation PGPO/paper", lambda q: _order_row(
             True, problems.self_distillation(), _ladder(2, 5), 1.0, multiplier=smooth4, sde="paper", test_fn="norm2",
             paths=24000, seed=2), quick=False),
@@ -169,7 +172,7 @@ def claims() -> list[Claim]:
         # 4. the hard cap's kink against the order-2 SDE: a measurement, not a claim
         Claim("quadratic-1d PGPO hard cap/scaled-2", lambda q: _order_row(
             False, problems.quadratic(**q1d), _ladder(2, 6), 1.0, judge=_kink, multiplier=hard, order=2, test_fn="norm2",
-            paths=paths(q, 4000))),
+            paths=paths(q, 2000))),
         # 3. a mini-batch signal: the naive drift leaves an O(1) error; the correct one converges
         Claim("linear_regression PGPO[minibatch]/naive", lambda q: _order_row(
             True, problems.linear_regression(**mb), _ladder(2, 6), 2.0, multiplier=smooth, signal="minibatch",
