@@ -1,4 +1,4 @@
-"""`python -m sde_lab verify [--quick] [--json PATH]` and `python -m sde_lab bench`."""
+"""`python -m sde_lab verify [--quick] [--json PATH]`, `python -m sde_lab bench` and `python -m sde_lab figures`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,20 @@ def main(argv=None) -> int:
     bench.add_argument("--sdeint-paths", type=int, default=None, help="time sdeint on fewer paths and scale")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--json", metavar="PATH")
+    figures = sub.add_parser("figures", help="regenerate the theory figures (PNG, PDF and the JSON behind each)")
+    figures.add_argument("--quick", action="store_true", help="shorter ladders, fewer paths")
+    figures.add_argument("--out", default="figures", help="output folder (default: figures/)")
+    figures.add_argument("--replot", action="store_true", help="redraw from the saved JSON, computing nothing")
+    figures.add_argument("--only", metavar="NAME", help="one figure by name")
     args = parser.parse_args(argv)
+
+    if args.command == "figures":
+        from sde_lab.figures import run as run_figures
+
+        start = time.perf_counter()
+        written = run_figures(args.out, quick=args.quick, replot=args.replot, only=args.only)
+        print(f"{len(written) // 3} figures written to {args.out}/ ({time.perf_counter() - start:.0f} s)")
+        return 0
 
     if args.command == "bench":
         import json
