@@ -28,6 +28,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m pgpo
 	$(PY) -m sde_lab verify --quick
+	$(PY) -m sde_lab figures --quick --out .demo/figures
+	@echo "quick-mode figures (PNG, PDF and the JSON behind each) are in .demo/figures/"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
