@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from pgpo import Multiplier
-from sde_lab.problem import Problem, apply_noise
+from sde_lab.problem import Problem, apply_noise, deviation_factor
 
 SIGNALS = ("state", "minibatch")
 NOISES = ("gaussian", "sample")
@@ -82,13 +82,12 @@ class DiscreteProcess:
             v = self.multiplier(infos)[:, :, None] * grads
         else:
             v = self.multiplier(self.problem.info(x))[:, None, None] * grads
-        dev = v - torch.einsum("b,pbd->pd", weights, v)[:, None, :]
-        factor = (dev * weights.sqrt()[None, :, None]).transpose(1, 2)  # S: (M, d, B), S Sᵀ = Cov(v)
+        factor = deviation_factor(v, weights)  # S: (M, d, B), columns √w_b (v_b − v̄)
         e = torch.linalg.eigh(factor @ factor.transpose(1, 2))[1][..., -1]  # leading direction (M, d)
         along = torch.einsum("pd,pdb->pb", e, factor)  # eᵀS: (M, B)
         norm = along.norm(dim=1)
         zeta = (along * z).sum(dim=1) / torch.where(norm > 0, norm, torch.ones_like(norm))
-        order = torch.argsort(torch.einsum("pd,pbd->pb", e, dev), dim=1)
+        order = torch.argsort(along / weights.sqrt(), dim=1)  # the batches sorted by eᵀ(v_b − v̄)
         cumulative = torch.cumsum(weights[order], dim=1)
         u = torch.special.ndtr(zeta)[:, None] * cumulative[:, -1:]
         pick = order.gather(1, torch.searchsorted(cumulative, u).clamp(max=v.shape[1] - 1))[:, 0]

@@ -234,7 +234,8 @@ def test_divergence_gradients_are_right_and_finite_with_zero_mass(beta):
     assert torch.autograd.gradcheck(lambda x: generalized_jsd(x.log_softmax(-1), smooth_q, beta), (smooth_p,))
 
 
-def test_kl_rejects_nothing_but_beta_out_of_range():
+def test_generalized_jsd_rejects_beta_outside_the_unit_interval():
+    """β outside [0, 1] is an error naming beta; KL of a distribution with itself is exactly 0."""
     with pytest.raises(ValueError, match="beta"):
         generalized_jsd(torch.zeros(2), torch.zeros(2), 1.5)
     assert kl(torch.zeros(1), torch.zeros(1)).item() == 0.0
