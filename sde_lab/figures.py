@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from scipy import linalg
 from tqdm.auto import tqdm
 
 from pgpo import Multiplier
 from sde_lab import problems
+from sde_lab.density import fokker_planck_1d
+from sde_lab.discrete import DiscreteProcess
+from sde_lab.sme import sme
 from sde_lab.weak_error import weak_error
 
 PAPER = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7.5,
@@ -96,11 +100,56 @@ def _exact_orders_draw(data: dict):
             # a reference slope through the finest point of the series it belongs to
             ax.loglog(eta, err[-1] * (eta / eta[-1]) ** p["order"], ":" if p["order"] == 1 else "-.", color="gray",
                       lw=0.8, label=f"slope {p['order']}")
+        _eta_ticks(ax, eta)
         ax.set(xlabel="learning rate η", title=f"SGD on {name} (exact, g = L, T = {data['horizon']:g})")
         ax.legend(loc="lower right", fontsize=6.5, framealpha=0.9)
     axes[0].set_ylabel(r"$|\,\mathbb{E}\,g(x_{T/\eta}) - \mathbb{E}\,g(X_T)\,|$")
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# shared: one measured ladder as JSON, and its drawing on log–log axes
+
+
+def _series(r, label: str) -> dict:
+    return {"label": label, "etas": r.etas.tolist(), "errors": r.errors.tolist(), "stderr": r.stderr.tolist(),
+            "slope": r.slope, "slope_ci": list(r.slope_ci), "claimed_order": r.claimed_order,
+            "plateau": r.poly_fit.coefficients[0] if r.claimed_order == 0 else None, "diverged": r.diverged.tolist()}
+
+
+def _draw_series(ax, s: dict) -> None:
+    """|e| with its 95% interval (the lower bar stops at |e|/10 where the interval crosses 0); open
+    markers are negative signed errors."""
+    eta, e, se = np.array(s["etas"]), np.array(s["errors"]), np.array(s["stderr"])
+    lo, hi = s["slope_ci"]
+    slope = f"{s['slope']:.2f} [{lo:.2f}, {hi:.2f}]" if np.isfinite(s["slope"]) else "n/a"
+    low = np.minimum(1.96 * se, 0.9 * np.abs(e))
+    bars = ax.errorbar(eta, np.abs(e), yerr=[low, 1.96 * se], fmt="-", lw=1, capsize=2, label=f"{s['label']}: {slope}")
+    color = bars[0].get_color()
+    positive = e > 0
+    ax.plot(eta[positive], e[positive], "o", ms=3.5, color=color, zorder=3)
+    ax.plot(eta[~positive], -e[~positive], "o", ms=3.5, mfc="white", color=color, zorder=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _eta_ticks(ax, eta)
+
+
+def _eta_ticks(ax, etas) -> None:
+    """Major ticks at the ladder's η, labelled 2⁻ʲ; no minor labels (they collide on short ladders)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter
+
+    etas = sorted(set(float(e) for e in etas))
+    step = max(1, len(etas) // 6)
+    ax.xaxis.set_major_locator(FixedLocator(etas[::-1][::step]))
+    ax.xaxis.set_major_formatter(lambda v, _: f"$2^{{{round(np.log2(v))}}}$")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _reference_slopes(ax, eta, anchor, orders=(1, 2)) -> None:
+    eta = np.asarray(eta)
+    for order, style in zip(orders, (":", "-.")):
+        ax.plot(eta, anchor * (eta / eta[-1]) ** order, style, color="gray", lw=0.8, label=f"slope {order}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,8 +178,7 @@ def _weak_error_data(quick: bool) -> dict:
             multiplier = None if form is None else Multiplier(2.0, 2.0, form=form)
             r = weak_error(problem, etas, horizon, multiplier=multiplier, sde=sde, test_fn=test_fn, paths=paths,
                            seed=7, reference="em")
-            series.append({"label": label, "etas": r.etas.tolist(), "errors": r.errors.tolist(),
-                           "stderr": r.stderr.tolist(), "slope": r.slope, "slope_ci": list(r.slope_ci)})
+            series.append(_series(r, label))
         panels.append({"problem": problem.name + (" (features ×2)" if kwargs else ""), "horizon": horizon,
                        "test_fn": test_fn, "series": series})
     return {"paths": paths, "multiplier": "smooth cap, α = 2, ρ_max = 2", "panels": panels}
@@ -138,34 +186,218 @@ def _weak_error_data(quick: bool) -> dict:
 
 def _weak_error_draw(data: dict):
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(2, 3, figsize=(7.2, 5.2))
     for ax, panel in zip(axes.flat, data["panels"]):
         for s in panel["series"]:
-            eta, e, se = np.array(s["etas"]), np.array(s["errors"]), np.array(s["stderr"])
-            lo, hi = s["slope_ci"]
-            slope = f"{s['slope']:.2f} [{lo:.2f}, {hi:.2f}]" if np.isfinite(s["slope"]) else "n/a"
-            # |e| with its 95% interval; where the interval crosses zero the bar stops at |e|/10
-            low = np.minimum(1.96 * se, 0.9 * np.abs(e))
-            bars = ax.errorbar(eta, np.abs(e), yerr=[low, 1.96 * se], fmt="-", lw=1, capsize=2,
-                               label=f"{s['label']}: {slope}")
-            color = bars[0].get_color()
-            positive = e > 0
-            ax.plot(eta[positive], e[positive], "o", ms=3.5, color=color, zorder=3)
-            ax.plot(eta[~positive], -e[~positive], "o", ms=3.5, mfc="white", color=color, zorder=3)
+            _draw_series(ax, s)
         eta = np.array(panel["series"][0]["etas"])
         anchor = abs(panel["series"][0]["errors"][-1])
-        ax.loglog(eta, anchor * (eta / eta[-1]), ":", color="gray", lw=0.8)
-        ax.loglog(eta, anchor * (eta / eta[-1]) ** 2, "-.", color="gray", lw=0.8)
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.plot(eta, anchor * (eta / eta[-1]), ":", color="gray", lw=0.8)  # plot, not loglog: keeps the η ticks
+        ax.plot(eta, anchor * (eta / eta[-1]) ** 2, "-.", color="gray", lw=0.8)
         ax.set_title(f"{panel['problem']}\ng = {panel['test_fn']}, T = {panel['horizon']:g}", fontsize=7.5)
-        ax.legend(fontsize=5.5, loc="upper left", framealpha=0.85)
+        ax.legend(fontsize=5.5, loc="best", framealpha=0.85)
         ax.set_xlabel("learning rate η")
     for ax in axes[:, 0]:
         ax.set_ylabel("|weak error|, 95% CI")
     fig.suptitle(f"Weak error vs η, {data['paths']} coupled paths per η (slope [95% CI] in the legends); PGPO: "
                  f"{data['multiplier']}.\nGray: slopes 1 (dotted) and 2 (dash-dot). Open markers: negative signed error.",
+                 fontsize=7.5)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# order 2: SGD and PGPO against the order-2 SME; the paper's diffusion cannot reach it
+
+Q1D = dict(hessian=(2.0,), x0=(1.5,), noise_scale=0.5)  # SDE_LAB.md's 1-D PGPO quadratic
+
+
+def _order_two_data(quick: bool) -> dict:
+    problem = problems.quadratic(**Q1D)
+    etas = [2.0**-j for j in range(2, 7 if quick else 8)]
+    paths = 4000 if quick else 16000
+    smooth = Multiplier(2.0, 2.0, form="smooth")
+    runs = [("SGD vs SME-2", None, "scaled", 2), ("PGPO vs SME-1 (scaled)", smooth, "scaled", 1),
+            ("PGPO vs SME-2 (scaled)", smooth, "scaled", 2), ("PGPO vs SME-2 drift, paper's diffusion", smooth, "paper", 2)]
+    series = []
+    for label, multiplier, sde, order in tqdm(runs, desc="order-2 ladders", leave=False):
+        r = weak_error(problem, etas, 1.0, multiplier=multiplier, sde=sde, order=order, test_fn="norm2",
+                       paths=paths, seed=3, reference="em")
+        series.append(_series(r, label))
+    return {"problem": "1-D quadratic, λ = 2, σ = 0.5, x₀ = 1.5", "horizon": 1.0, "test_fn": "|x|²", "paths": paths,
+            "multiplier": "smooth cap, α = 2, ρ_max = 2", "series": series}
+
+
+def _order_two_draw(data: dict):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    for s in data["series"]:
+        _draw_series(ax, s)
+    sgd = data["series"][0]
+    _reference_slopes(ax, sgd["etas"], abs(sgd["errors"][-1]))
+    ax.set(xlabel="learning rate η", ylabel="|weak error|, 95% CI",
+           title=f"Order 2 — {data['problem']}\ng = {data['test_fn']}, T = {data['horizon']:g}, {data['paths']} coupled "
+                 f"paths; PGPO: {data['multiplier']}")
+    ax.title.set_fontsize(7.5)
+    ax.legend(fontsize=6, loc="lower right", framealpha=0.9)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# a mini-batch signal: the naive drift plateaus, the correct one converges
+
+MINIBATCH = dict(n=8, noise=2.0, dim=1)  # ρ(I_γ) and ∇ℓ_γ strongly correlated
+
+
+def _minibatch_data(quick: bool) -> dict:
+    problem = problems.linear_regression(**MINIBATCH)
+    etas = [2.0**-j for j in range(2, 7)]
+    paths = 1000 if quick else 4000
+    smooth = Multiplier(2.0, 2.0, form="smooth")
+    series = []
+    for drift, label in tqdm([("naive", "naive drift ρ(I(x))∇L"), ("correct", "correct drift E[ρ(I_γ)∇ℓ_γ]")],
+                             desc="mini-batch ladders", leave=False):
+        r = weak_error(problem, etas, 2.0, multiplier=smooth, signal="minibatch", drift=drift, test_fn="norm2",
+                       paths=paths, seed=4)
+        series.append(_series(r, label))
+    return {"problem": "1-D linear regression, n = 8, label noise 2", "horizon": 2.0, "test_fn": "|x|²",
+            "paths": paths, "multiplier": "smooth cap, α = 2, ρ_max = 2", "series": series}
+
+
+def _minibatch_draw(data: dict):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    for s in data["series"]:
+        _draw_series(ax, s)
+        if s["plateau"] is not None:
+            ax.axhline(abs(s["plateau"]), color="gray", lw=0.8, ls="--", label=f"fitted plateau {abs(s['plateau']):.3f}")
+    correct = data["series"][-1]
+    _reference_slopes(ax, correct["etas"], abs(correct["errors"][-1]), orders=(1,))
+    ax.set(xlabel="learning rate η", ylabel="|weak error|, 95% CI",
+           title=f"PGPO with the mini-batch's own signal — {data['problem']}\ng = {data['test_fn']}, T = "
+                 f"{data['horizon']:g}, {data['paths']} quantile-coupled paths; {data['multiplier']}")
+    ax.title.set_fontsize(7.5)
+    ax.legend(fontsize=6, loc="lower right", framealpha=0.9)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# hard cap (a kink in ρ) against the smooth cap
+
+
+def _caps_data(quick: bool) -> dict:
+    problem = problems.quadratic(**Q1D)
+    etas = [2.0**-j for j in range(2, 7 if quick else 8)]
+    paths = 2000 if quick else 8000
+    caps = {"hard": Multiplier(2.0, 2.0, form="linear"), "smooth": Multiplier(2.0, 2.0, form="smooth")}
+    series = []
+    for (cap, multiplier), order in tqdm([(c, o) for c in caps.items() for o in (1, 2)], desc="cap ladders", leave=False):
+        r = weak_error(problem, etas, 1.0, multiplier=multiplier, order=order, test_fn="norm2", paths=paths, seed=5,
+                       reference="em")
+        series.append(_series(r, f"{cap} cap vs SME-{order}"))
+    # where the paths go, against where the hard cap's kink is: ρ(I(x)) over the visited range
+    x = np.linspace(-0.2, 1.7, 400)
+    info = problem.info(torch.from_numpy(x)[:, None]).numpy()
+    return {"problem": "1-D quadratic, λ = 2, σ = 0.5, x₀ = 1.5", "horizon": 1.0, "test_fn": "|x|²", "paths": paths,
+            "multiplier": "α = 2, ρ_max = 2", "series": series, "x": x.tolist(),
+            "rho": {cap: m(info).tolist() for cap, m in caps.items()}}
+
+
+def _caps_draw(data: dict):
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.0, 3.0), gridspec_kw={"width_ratios": [1, 1.6]})
+    for cap, rho in data["rho"].items():
+        left.plot(data["x"], rho, "-" if cap == "hard" else "--", label=f"{cap} cap")
+    left.set(xlabel="x", ylabel="ρ(I(x))", title="the multiplier along the path\n(x₀ = 1.5 → 0; kink at I = ½)")
+    left.title.set_fontsize(7.5)
+    left.legend(loc="lower right")
+    for s in data["series"]:
+        _draw_series(right, s)
+    first = data["series"][0]
+    _reference_slopes(right, first["etas"], abs(first["errors"][-1]))
+    right.set(xlabel="learning rate η", ylabel="|weak error|, 95% CI",
+              title=f"{data['problem']}, g = {data['test_fn']}, T = {data['horizon']:g},\n{data['paths']} coupled paths, "
+                    f"scaled SDE, {data['multiplier']}")
+    right.title.set_fontsize(7.5)
+    right.legend(fontsize=6, loc="lower right", framealpha=0.9)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# marginal densities on the double well: iterates against the SDE's law (Fokker–Planck, exact to the grid)
+
+
+def _scalar_field(fn):
+    """An SDEModel's drift or diffusion, 1-D, as a numpy function of an array of points."""
+    def field(x):
+        out = fn(torch.from_numpy(np.asarray(x, dtype=np.float64))[:, None])
+        out = out.reshape(-1) if out.numel() == len(x) else out.reshape(-1)[:1]  # constant diffusion: (1, 1)
+        return np.broadcast_to(out.numpy(), np.shape(x))
+    return field
+
+
+def _density_data(quick: bool) -> dict:
+    problem = problems.double_well(sigma=2.0)
+    horizon, paths, cells = 2.0, (50_000 if quick else 400_000), (500 if quick else 1400)
+    lo, hi, bins = -3.5, 3.5, 140
+    smooth = Multiplier(2.0, 2.0, form="smooth")
+    edges = np.linspace(lo, hi, bins + 1)
+    panels = []
+    etas = [2.0**-3, 2.0**-5, 2.0**-7]
+    for j, eta in enumerate(tqdm(etas, desc="double-well densities", leave=False)):
+        for process, multiplier, forms in (("SGD", None, ("scaled",)), ("PGPO", smooth, ("scaled", "paper"))):
+            gen = torch.Generator().manual_seed(6000 + j)
+            x = problem.x0.expand(paths, -1).clone()
+            step = DiscreteProcess(problem, eta, multiplier)
+            for _ in range(round(horizon / eta)):
+                x = step.step(x, z=torch.randn(paths, 1, generator=gen, dtype=torch.float64))
+            x = x[:, 0].numpy()
+            kept = x[np.isfinite(x) & (x > lo) & (x < hi)]
+            hist = np.histogram(kept, edges, density=False)[0] / (paths * (edges[1] - edges[0]))
+            sdes = {}
+            for form in forms:
+                model = sme(problem, eta, multiplier, form)
+                centres, p = fokker_planck_1d(_scalar_field(model.drift), _scalar_field(model.diffusion),
+                                              float(problem.x0[0]), horizon, lo, hi, cells)
+                binned = np.interp(0.5 * (edges[1:] + edges[:-1]), centres, p)
+                sdes[form] = {"x": centres.tolist(), "density": p.tolist(),
+                              "tv": 0.5 * float(np.abs(hist - binned).sum() * (edges[1] - edges[0]))}
+            panels.append({"eta": eta, "process": process, "histogram": hist.tolist(), "outside": int(paths - len(kept)),
+                           "sdes": sdes})
+    return {"problem": "double well L = ¼(x² − 1)², σ = 2, x₀ = 0.5", "horizon": horizon, "paths": paths,
+            "cells": cells, "edges": edges.tolist(), "multiplier": "smooth cap, α = 2, ρ_max = 2", "panels": panels}
+
+
+def _density_draw(data: dict):
+    import matplotlib.pyplot as plt
+
+    etas = sorted({p["eta"] for p in data["panels"]}, reverse=True)
+    fig, axes = plt.subplots(2, len(etas), figsize=(7.2, 4.4), sharex=True)
+    edges = np.array(data["edges"])
+    styles = {"scaled": ("-", "C1", "scaled SDE"), "paper": ("--", "C3", "paper's SDE")}
+    for panel in data["panels"]:
+        ax = axes[0 if panel["process"] == "SGD" else 1, etas.index(panel["eta"])]
+        ax.stairs(panel["histogram"], edges, fill=True, color="C0", alpha=0.35,
+                  label=f"{panel['process']} iterates" + (f" ({panel['outside']} outside)" if panel["outside"] else ""))
+        for form, sde in panel["sdes"].items():
+            style, color, name = styles[form]
+            ax.plot(sde["x"], sde["density"], style, color=color, lw=1, label=f"{name}: TV {sde['tv']:.3f}")
+        ax.set_title(f"{panel['process']}, η = $2^{{{round(np.log2(panel['eta']))}}}$", fontsize=7.5)
+        ax.legend(fontsize=5.5, loc="upper left", framealpha=0.85)
+        ax.set_xlim(-2.5, 2.5)
+    for ax in axes[1]:
+        ax.set_xlabel("x")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"density of x at T = {data['horizon']:g}")
+    fig.suptitle(f"{data['problem']}: {data['paths']} iterates per panel against the SDE's law (Fokker–Planck, "
+                 f"{data['cells']} cells).\nTV = total-variation distance over the bins; PGPO: {data['multiplier']}.",
                  fontsize=7.5)
     fig.tight_layout()
     return fig
@@ -214,6 +446,14 @@ FIGURES = [
            _exact_orders_data, _exact_orders_draw),
     Figure("weak_error", "weak error vs η on every built-in problem: SGD and PGPO against the scaled and the paper's SDE, 95% bars",
            _weak_error_data, _weak_error_draw),
+    Figure("order_two", "the 1-D quadratic against the order-2 SME: slope 2 for SGD and for PGPO with the scaled diffusion, "
+           "not with the paper's", _order_two_data, _order_two_draw),
+    Figure("minibatch", "PGPO with the mini-batch's own signal: the naive drift's error plateaus, the correct drift's falls "
+           "at order 1", _minibatch_data, _minibatch_draw),
+    Figure("caps", "hard cap (kink) vs smooth cap, against the order-1 and order-2 scaled SDEs, and ρ along the path",
+           _caps_data, _caps_draw),
+    Figure("double_well_density", "marginal densities of SGD/PGPO iterates on the double well at three η against the "
+           "SDEs' laws (Fokker–Planck)", _density_data, _density_draw),
     Figure("stationary_spread", "long-run variance of SGD/PGPO (constant ρ) against the scaled SDE (→ 1) and the paper's (→ ρ²)",
            _spread_data, _spread_draw),
 ]
