@@ -50,6 +50,7 @@ def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: 
     y_coarse = x.clone() if richardson else None
     scale = math.sqrt(dt)
     coupled = coupled and process.couples
+    noise_dim = process.problem.noise_dim()
     for k in range(1, steps + 1):
         dw = torch.randn(sub, paths, model.noise_dim, generator=gen, device=device, dtype=dtype) * scale
         for j in range(sub):
@@ -60,6 +61,8 @@ def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: 
                 y_coarse = em_step(model, y_coarse, 2 * dt, pairs[j])
         if coupled:
             x = process.step(x, z=-dw.sum(dim=0) / math.sqrt(eta))
+        elif process.noise == "gaussian":  # independent normals of its own
+            x = process.step(x, z=torch.randn(paths, noise_dim, generator=gen, device=device, dtype=dtype))
         else:
             x = process.step(x, gen=gen)
         if observe is not None and k % every == 0:

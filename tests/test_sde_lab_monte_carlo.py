@@ -66,3 +66,23 @@ def test_verify_quick_bears_out_every_claim(tmp_path):
     rows = json.loads(out.read_text())
     assert len(rows) >= 12 and all(r["ok"] for r in rows if r["must_hold"])
     assert "| problem" in done.stdout and "claims borne out" in done.stdout
+
+
+def test_uncoupled_gaussian_paths_draw_their_own_normals():
+    """coupled=False: the same law (means agree), but g(x) − g(X) no longer shrinks path by path."""
+    import torch
+
+    from sde_lab import DiscreteProcess, sme
+    from sde_lab.euler_maruyama import coupled_paths
+
+    problem, eta, paths = problems.quadratic(), 2.0**-5, 4000
+    process, model = DiscreteProcess(problem, eta), sme(problem, eta)
+    spread, means = {}, {}
+    for coupled in (True, False):
+        x, y, _ = coupled_paths(process, model, 64, paths, gen=torch.Generator().manual_seed(0), coupled=coupled,
+                                richardson=False)
+        d = problem.loss(x) - problem.loss(y)
+        spread[coupled], means[coupled] = d.std().item(), (d.mean().item(), d.std().item() / paths**0.5)
+    assert spread[False] > 10 * spread[True]
+    (m1, s1), (m2, s2) = means[True], means[False]
+    assert abs(m1 - m2) < 4 * np.hypot(s1, s2)
