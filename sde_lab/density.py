@@ -59,3 +59,19 @@ def fokker_planck_1d(drift: Callable[[np.ndarray], np.ndarray], diffusion: Calla
     p0 = np.zeros(cells)
     p0[min(int((x0 - lo) / h), cells - 1)] = 1.0 / h
     return centres, expm_multiply(operator * horizon, p0)
+
+
+def sde_law(model, x0: float, horizon: float, lo: float, hi: float, cells: int = 800) -> tuple[np.ndarray, np.ndarray]:
+    """`fokker_planck_1d` for a one-dimensional `SDEModel` (from `sde_lab.sme`): its drift and diffusion,
+    written for batches of torch paths, are evaluated on the grid."""
+    import torch
+
+    def on_grid(field):
+        def values(x):
+            out = field(torch.from_numpy(np.asarray(x, dtype=np.float64))[:, None]).reshape(-1).numpy()
+            return np.broadcast_to(out if out.size == np.size(x) else out[:1], np.shape(x))  # a constant (1, 1) factor
+        return values
+
+    if model.noise_dim != 1:
+        raise ValueError(f"sde_law needs a one-dimensional SDE, {model.name!r} has {model.noise_dim} noise dimensions")
+    return fokker_planck_1d(on_grid(model.drift), on_grid(model.diffusion), x0, horizon, lo, hi, cells)

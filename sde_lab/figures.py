@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from pgpo import Multiplier
 from sde_lab import problems
-from sde_lab.density import fokker_planck_1d
+from sde_lab.density import sde_law
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.sme import sme
 from sde_lab.weak_error import weak_error
@@ -334,15 +334,6 @@ def _caps_draw(data: dict):
 # marginal densities on the double well: iterates against the SDE's law (Fokker–Planck, exact to the grid)
 
 
-def _scalar_field(fn):
-    """An SDEModel's drift or diffusion, 1-D, as a numpy function of an array of points."""
-    def field(x):
-        out = fn(torch.from_numpy(np.asarray(x, dtype=np.float64))[:, None])
-        out = out.reshape(-1) if out.numel() == len(x) else out.reshape(-1)[:1]  # constant diffusion: (1, 1)
-        return np.broadcast_to(out.numpy(), np.shape(x))
-    return field
-
-
 def _density_data(quick: bool) -> dict:
     problem = problems.double_well(sigma=2.0)
     horizon, paths, cells = 2.0, (50_000 if quick else 400_000), (500 if quick else 1400)
@@ -363,9 +354,7 @@ def _density_data(quick: bool) -> dict:
             hist = np.histogram(kept, edges, density=False)[0] / (paths * (edges[1] - edges[0]))
             sdes = {}
             for form in forms:
-                model = sme(problem, eta, multiplier, form)
-                centres, p = fokker_planck_1d(_scalar_field(model.drift), _scalar_field(model.diffusion),
-                                              float(problem.x0[0]), horizon, lo, hi, cells)
+                centres, p = sde_law(sme(problem, eta, multiplier, form), float(problem.x0[0]), horizon, lo, hi, cells)
                 binned = np.interp(0.5 * (edges[1:] + edges[:-1]), centres, p)
                 sdes[form] = {"x": centres.tolist(), "density": p.tolist(),
                               "tv": 0.5 * float(np.abs(hist - binned).sum() * (edges[1] - edges[0]))}
