@@ -62,11 +62,11 @@ def _multiplier_draw(data: dict):
         color = colors[keys.index((c["alpha"], c["rho_max"]))]
         style = "-" if c["form"] == "linear" else "--"
         label = f"α={c['alpha']:g}, ρ_max={c['rho_max']:g}" if c["form"] == "linear" else None
-        left.plot(data["information"], c["rho"], style, color=color, label=label)
-        right.plot(data["information"], c["viscosity"], style, color=color)
+        left.plot(data["information"], c["rho"], style, color=color)
+        right.plot(data["information"], c["viscosity"], style, color=color, label=label)
     left.set(xlabel="information I (nats)", ylabel="step multiplier ρ", title="ρ = min(1 + αI, ρ_max) (—), smooth cap (--)")
     right.set(xlabel="information I (nats)", ylabel="viscosity ν = 1/ρ", title="viscosity reading")
-    left.legend(loc="lower right")
+    right.legend(loc="upper right")  # the empty corner: ν has settled near 1/ρ_max there
     fig.tight_layout()
     return fig
 
@@ -196,7 +196,9 @@ def _weak_error_draw(data: dict):
         ax.plot(eta, anchor * (eta / eta[-1]), ":", color="gray", lw=0.8)  # plot, not loglog: keeps the η ticks
         ax.plot(eta, anchor * (eta / eta[-1]) ** 2, "-.", color="gray", lw=0.8)
         ax.set_title(f"{panel['problem']}\ng = {panel['test_fn']}, T = {panel['horizon']:g}", fontsize=7.5)
-        ax.legend(fontsize=5.5, loc="best", framealpha=0.85)
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * (high / low) ** 0.5)  # head-room: the legend sits above the data
+        ax.legend(fontsize=5.5, loc="upper left", framealpha=0.85)
         ax.set_xlabel("learning rate η")
     for ax in axes[:, 0]:
         ax.set_ylabel("|weak error|, 95% CI")
@@ -421,9 +423,12 @@ def _spread_draw(data: dict):
         ax.semilogx(eta, [r["discrete"] / r["scaled"] for r in rows], "o-", ms=3, color=color, label=f"ρ={rho:g}: vs scaled SDE")
         ax.semilogx(eta, [r["discrete"] / r["paper"] for r in rows], "s--", ms=3, color=color, label=f"ρ={rho:g}: vs paper SDE")
         ax.axhline(rho**2, color=color, lw=0.6, ls=":")
+    _eta_ticks(ax, [r["eta"] for r in data["rows"]])
     ax.set(xlabel="learning rate η", ylabel="tr Var(discrete) / tr Var(SDE)",
            title="stationary spread, constant ρ (dotted: ρ²)")
-    ax.legend(loc="upper left", ncol=1)
+    top = max(max(r["discrete"] / r["paper"], r["discrete"] / r["scaled"]) for r in data["rows"])
+    ax.set_ylim(top=1.6 * top)  # head-room for the legend above the curves
+    ax.legend(loc="upper left", ncol=2, fontsize=6)
     fig.tight_layout()
     return fig
 

@@ -1,0 +1,83 @@
+"""`python -m llm_runs train --config PATH [key=value ...] | --resume RUN_DIR` and
+`python -m llm_runs eval --checkpoint DIR [--data FILE] [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from llm_runs.config import ConfigError, load
+
+
+def _train(args) -> int:
+    from llm_runs.trainer import Trainer, run_name
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").exists():
+            raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run folder)")
+        config = load(run_dir / "config.yaml", args.overrides)
+        trainer = Trainer(config, run_dir, progress=not args.no_progress)
+        if not trainer.resume():
+            print(f"{run_dir}: no checkpoint yet, starting from step 0", file=sys.stderr)
+    else:
+        if args.config is None:
+            raise ConfigError("train needs --config PATH (or --resume RUN_DIR)")
+        config = load(args.config, args.overrides)
+        run_dir = Path(config.train.output_dir) / run_name(config, args.config)
+        if (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size:
+            raise ConfigError(f"{run_dir} already holds a run: use --resume {run_dir}, or set train.run_name")
+        trainer = Trainer(config, run_dir, progress=not args.no_progress)
+    run_dir = trainer.train()
+    print(f"run folder: {run_dir}  (metrics: {run_dir / 'metrics.jsonl'})")
+    return 0
+
+
+def _eval(args) -> int:
+    import torch
+
+    from llm_runs.data import load_split
+    from llm_runs.evaluate import evaluate
+    from llm_runs.trainer import DTYPES, load_model, resolve_device, seed_everything
+
+    checkpoint = Path(args.checkpoint)
+    run_config = checkpoint.parent.parent / "config.yaml"
+    config = load(run_config if run_config.exists() else None, args.overrides)
+    seed_everything(config.train.seed)
+    device = resolve_device(config.train.device)
+    model, tokenizer = load_model(str(checkpoint), DTYPES[config.model.dtype], device)
+    examples = load_split(args.data or config.data.test)
+    with torch.no_grad():
+        result = evaluate(model, tokenizer, examples, config.data.template, config.eval, config.model.enable_thinking,
+                          progress=not args.no_progress)
+    out = Path(args.out) if args.out else checkpoint / "eval.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(f"mean@{result['k']} = {result['mean_at_k']:.4f} over {result['questions']} questions  ({out})")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llm_runs", description="SDPO and PGPO training of LLMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train (or resume) a run")
+    train.add_argument("--config", help="a YAML file (see llm_runs/configs/)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("overrides", nargs="*", help="section.key=value")
+    ev = sub.add_parser("eval", help="mean@k of a checkpoint on a split")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint folder (transformers format)")
+    ev.add_argument("--data", help="a split file (default: the run's data.test)")
+    ev.add_argument("--out", help="where to write the result JSON (default: CHECKPOINT/eval.json)")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("overrides", nargs="*", help="section.key=value")
+    args = parser.parse_args(argv)
+    try:
+        return _train(args) if args.command == "train" else _eval(args)
+    except ConfigError as err:
+        parser.exit(2, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Run configuration: dataclasses whose defaults are the paper's settings (METHOD.md §1), read from YAML
+and overridden on the command line with `section.key=value`.
+
+Unknown sections or keys, and values of the wrong type, are errors that name the key (and the file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the key and, when there is one, the file."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "Qwen/Qwen3-8B"  # a local directory (config + weights + tokenizer) or a hub id
+    dtype: str = "bfloat16"  # the trained weights' dtype: float32 | bfloat16 | float16
+    tiny: bool = False  # build a tiny random Qwen3 and train a byte-level tokenizer locally (nothing downloaded)
+    tiny_shape: dict = field(default_factory=lambda: {"hidden_size": 64, "num_hidden_layers": 2,
+                                                      "num_attention_heads": 4, "num_key_value_heads": 2,
+                                                      "head_dim": 16, "intermediate_size": 128})
+    gradient_checkpointing: bool = False
+    enable_thinking: bool = False  # Qwen3 chat template: thinking disabled (METHOD.md §1)
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/sciknoweval/chemistry/train.json"  # JSON lines: idx, prompt, answer, system
+    test: str = "data/sciknoweval/chemistry/test.json"
+    template: str = "boxed"  # "boxed" (the PGPO paper's) | "answer_tag" (SDPO's)
+    hub: str | None = None  # a `datasets` id to load instead of the files (needs the `hub` extra)
+    hub_domain: str | None = None
+    max_prompt_tokens: int = 2048
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"  # "hf" (transformers generate) | "vllm"
+    prompts_per_step: int = 32  # P
+    samples_per_prompt: int = 8  # n
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 8192
+    gpu_memory_utilization: float = 0.5  # vllm only
+
+
+@dataclass
+class LossConfig:
+    beta: float = 0.5  # D_β: 0 = KL(q‖p), ½ = JSD (SDPO's Science Q&A setting), 1 = KL(p‖q)
+    topk: int | None = 100  # None: the full vocabulary
+    add_tail: bool = True
+    is_cap: float = 2.0  # importance weights w = min(exp(log π_train − log π_sampler), is_cap)
+    micro_batch_size: int = 4  # sequences per forward/backward
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = "ema"  # "ema" | "live" | "frozen"
+    ema_tau: float = 0.05
+    demonstration: str = "sibling"  # "sibling" (SDPO's rule) | "ground_truth"
+    strip_think: bool = True
+
+
+@dataclass
+class PGPOConfig:
+    enabled: bool = False  # False: SDPO (a plain optimizer step); True: the step scaled by ρ
+    alpha: float = 0.0  # 0 (or rho_max = 1): ρ = 1, SDPO exactly
+    rho_max: float = 2.0
+    form: str = "linear"  # "linear" (the paper's hard cap) | "smooth"
+    signal: str = "kl"  # pgpo.information kind: "kl" | "reverse_kl" | "jsd"
+    reduce: str = "token"  # "token" | "sequence"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    warmup_steps: int = 10  # linear warm-up, then constant
+    clip_norm: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 500  # decision: the papers give no length; 500 covers SDPO's reported late collapse (~400)
+    seed: int = 0
+    output_dir: str = "runs"
+    run_name: str | None = None  # default: <config stem>-<seed>
+    eval_every: int = 25
+    checkpoint_every: int = 25
+    keep_checkpoints: int | None = 1  # step checkpoints kept besides "best" (None: all)
+    log_every: int = 1
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+
+
+@dataclass
+class EvalConfig:
+    samples: int = 16  # mean@16
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 8192
+    max_questions: int | None = None  # None: the whole test split
+    batch_size: int = 64  # prompts per generate call
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    pgpo: PGPOConfig = field(default_factory=PGPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.template": ("boxed", "answer_tag"),
+    "rollout.engine": ("hf", "vllm"),
+    "teacher.kind": ("ema", "live", "frozen"),
+    "teacher.demonstration": ("sibling", "ground_truth"),
+    "pgpo.form": ("linear", "smooth"),
+    "pgpo.signal": ("kl", "reverse_kl", "jsd"),
+    "pgpo.reduce": ("token", "sequence"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+RANGES = {  # key: (lower, upper), inclusive
+    "loss.beta": (0.0, 1.0), "teacher.ema_tau": (0.0, 1.0), "pgpo.alpha": (0.0, None), "pgpo.rho_max": (1.0, None),
+    "optim.lr": (0.0, None), "optim.weight_decay": (0.0, None), "optim.clip_norm": (0.0, None),
+    "rollout.prompts_per_step": (1, None), "rollout.samples_per_prompt": (1, None), "rollout.max_new_tokens": (1, None),
+    "loss.micro_batch_size": (1, None), "loss.topk": (1, None), "train.steps": (0, None), "eval.samples": (1, None),
+    "train.eval_every": (0, None), "train.checkpoint_every": (0, None), "loss.is_cap": (0.0, None),
+}
+
+
+def _coerce(key: str, value, annotation, where: str):
+    """Check (and minimally convert) one value against its field's annotation."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0], where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif annotation is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+    elif annotation is tuple or origin is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+    else:
+        return value
+    name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{where}{key}: expected {name}, got {value!r} ({type(value).__name__})")
+
+
+def _set(config: RunConfig, key: str, value, where: str = "") -> None:
+    section, _, name = key.partition(".")
+    if not name or section not in {f.name for f in dataclasses.fields(RunConfig)}:
+        sections = [f.name for f in dataclasses.fields(RunConfig)]
+        raise ConfigError(f"{where}unknown key {key!r}: keys are section.name with sections {sections}")
+    target = getattr(config, section)
+    hints = typing.get_type_hints(type(target))
+    if name not in hints:
+        raise ConfigError(f"{where}unknown key {key!r}; {section} has {sorted(hints)}")
+    value = _coerce(key, value, hints[name], where)
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{where}{key}: must be one of {CHOICES[key]}, got {value!r}")
+    if key in RANGES and value is not None:
+        lo, hi = RANGES[key]
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"{where}{key}: must lie in [{lo}, {'∞' if hi is None else hi}], got {value!r}")
+    setattr(target, name, value)
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
+    """Defaults ← the YAML file (nested sections) ← `section.key=value` overrides (values parsed as YAML)."""
+    config = RunConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: section {section!r} must be a mapping, got {values!r}")
+            for name, value in values.items():
+                _set(config, f"{section}.{name}", value, where=f"{path}: ")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        _set(config, key.strip(), yaml.safe_load(raw) if raw.strip() else None, where="command line: ")
+    return config
+
+
+def from_dict(data: dict) -> RunConfig:
+    """The inverse of `RunConfig.to_dict` (a resolved config saved in a run folder)."""
+    config = RunConfig()
+    for section, values in data.items():
+        for name, value in values.items():
+            _set(config, f"{section}.{name}", value, where="resolved config: ")
+    return config

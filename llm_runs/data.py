@@ -1,0 +1,161 @@
+"""Science Q&A examples, the two prompt templates, and the seeded, resumable prompt sampler.
+
+Split files are JSON lines with `idx` (int), `prompt` (the question with lettered options, ending
+"Please reason step by step."), `answer` (the correct letter) and `system` (SDPO's system prompt);
+other fields are ignored. A malformed row is an error naming the file, the line and the field.
+
+Templates (METHOD.md §1):
+- "boxed" (the PGPO paper's, default): no system message; the user turn is the question (the file's
+  trailing "Please reason step by step." removed) + "\\nPlease reason step by step, and put your final
+  answer within \\boxed{}."; the teacher's adds "\\nCorrect solution: {demo} Correctly solve the
+  original question."
+- "answer_tag" (SDPO's): the file's system prompt and prompt as they are; the teacher's user turn is
+  "{prompt}\\nCorrect solution:\\n\\n{demo}\\n\\nCorrectly solve the original question."
+Both are rendered by the tokenizer's chat template with thinking disabled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TEMPLATES = ("boxed", "answer_tag")
+SDPO_SUFFIX = "Please reason step by step."
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+class DataError(ValueError):
+    """A malformed split file or row; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class Example:
+    idx: int
+    prompt: str
+    answer: str
+    system: str | None = None
+    source: str = ""  # "file:line", for messages
+
+
+def _field(row: dict, name: str, kind, where: str, required: bool = True):
+    if name not in row or row[name] is None:
+        if required:
+            raise DataError(f"{where}: field {name!r} is missing")
+        return None
+    value = row[name]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise DataError(f"{where}: field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+    if kind is str and required and not value.strip():
+        raise DataError(f"{where}: field {name!r} is empty")
+    return value
+
+
+def load_split(path: str | Path, limit: int | None = None) -> list[Example]:
+    """Read a JSON-lines split file; blank lines are skipped; `idx` must be unique."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"split file {path} does not exist")
+    examples, seen = [], {}
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+            idx = _field(row, "idx", int, where)
+            if idx in seen:
+                raise DataError(f"{where}: field 'idx' = {idx} repeats line {seen[idx]}")
+            seen[idx] = number
+            examples.append(Example(idx, _field(row, "prompt", str, where), _field(row, "answer", str, where).strip(),
+                                    _field(row, "system", str, where, required=False), where))
+            if limit is not None and len(examples) >= limit:
+                break
+    if not examples:
+        raise DataError(f"split file {path} holds no rows")
+    return examples
+
+
+def load_hub(name: str, domain: str | None = None, split: str = "train") -> list[Example]:
+    """The same rows from a `datasets` hub id (needs the `hub` extra and internet)."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise DataError("loading from the hub needs the `hub` extra: pip install -e '.[hub]'") from err
+    rows = datasets.load_dataset(name, domain, split=split)
+    return [Example(int(r["idx"]), r["prompt"], str(r["answer"]).strip(), r.get("system"), f"{name}/{split}:{i}")
+            for i, r in enumerate(rows)]
+
+
+def question_of(example: Example) -> str:
+    """The question without SDPO's trailing instruction (the boxed template adds its own)."""
+    text = example.prompt.rstrip()
+    return text[: -len(SDPO_SUFFIX)].rstrip() if text.endswith(SDPO_SUFFIX) else text
+
+
+def messages(example: Example, template: str = "boxed", demonstration: str | None = None) -> list[dict]:
+    """The chat messages of the student (demonstration None) or of the teacher."""
+    if template == "boxed":
+        user = f"{question_of(example)}\n{BOXED_INSTRUCTION}"
+        if demonstration is not None:
+            user += f"\nCorrect solution: {demonstration} Correctly solve the original question."
+        return [{"role": "user", "content": user}]
+    if template == "answer_tag":
+        user = example.prompt
+        if demonstration is not None:
+            user += f"\nCorrect solution:\n\n{demonstration}\n\nCorrectly solve the original question."
+        system = [{"role": "system", "content": example.system}] if example.system else []
+        return system + [{"role": "user", "content": user}]
+    raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+
+
+def render(tokenizer, example: Example, template: str = "boxed", demonstration: str | None = None,
+           enable_thinking: bool = False) -> str:
+    """The prompt text through the tokenizer's chat template, ready for the response to follow."""
+    return tokenizer.apply_chat_template(messages(example, template, demonstration), tokenize=False,
+                                         add_generation_prompt=True, enable_thinking=enable_thinking)
+
+
+def answer_text(answer: str, template: str) -> str:
+    """A minimal correct response in the template's format (the ground-truth demonstration)."""
+    return f"\\boxed{{{answer}}}" if template == "boxed" else f"<answer>\n{answer}\n</answer>"
+
+
+class PromptSampler:
+    """Epochs of seeded permutations; the state is (epoch, position), so a resumed run draws the same prompts."""
+
+    def __init__(self, size: int, seed: int):
+        if size < 1:
+            raise ValueError("the prompt sampler needs at least one example")
+        self.size, self.seed, self.epoch, self.position = size, seed, 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.size)
+
+    def draw(self, count: int) -> list[int]:
+        out = []
+        while len(out) < count:
+            if self.position == self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+            out.append(int(self._order[self.position]))
+            self.position += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "size": self.size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] != self.size or state["seed"] != self.seed:
+            raise ValueError(f"sampler state is for {state['size']} examples with seed {state['seed']}, "
+                             f"this run has {self.size} with seed {self.seed}")
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._permutation(self.epoch)

@@ -1,0 +1,114 @@
+"""Rollout engines behind one small interface.
+
+    engine.generate(prompt_ids, n, sampling) → [Rollout] * (len(prompt_ids) · n), prompt-major
+    engine.update_weights(named_tensors)      push the trainer's weights
+    engine.sleep() / engine.wake()            release / reclaim memory around training (where supported)
+
+`hf` runs transformers `generate` on a model object. Colocated with the trainer it *is* the
+trainer's model, so pushing weights is a no-op and the sampler's log-probabilities differ from the
+trainer's only by batching arithmetic (the stale-weights detector then reads ~1e-6). `vllm` lives in
+`llm_runs.vllm_engine` (optional `gpu` extra).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 8192
+    logprobs: bool = True  # return the sampler's log-probability of every sampled token
+
+
+@dataclass
+class Rollout:
+    prompt_index: int  # into the prompt_ids list
+    token_ids: list[int]  # the response, ending with EOS unless truncated
+    logprobs: list[float] | None  # the sampler's log π(y_t), len(token_ids)
+    finish_reason: str  # "stop" | "length"
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: Sampling) -> list[Rollout]: ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+
+    def sleep(self) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+class HFEngine:
+    """transformers `generate`, batched with left padding; seeded by torch's global generator."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 64):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.eos = {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: Sampling) -> list[Rollout]:
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        try:
+            per_call = max(1, self.batch_size // n)
+            for start in range(0, len(prompt_ids), per_call):
+                out += self._generate(prompt_ids[start:start + per_call], start, n, sampling)
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _generate(self, prompts: list[list[int]], offset: int, n: int, sampling: Sampling) -> list[Rollout]:
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
+            ids[i, width - len(p):] = torch.tensor(p)
+            attention[i, width - len(p):] = 1
+        result = self.model.generate(
+            input_ids=ids.to(device), attention_mask=attention.to(device), do_sample=True,
+            temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=n, output_scores=sampling.logprobs, return_dict_in_generate=True,
+            pad_token_id=self.pad, eos_token_id=sorted(self.eos))
+        new = result.sequences[:, width:].cpu()
+        if sampling.logprobs:  # the processed scores are the sampling distribution (temperature, top-p)
+            scores = torch.stack(result.scores, dim=1).float().log_softmax(-1).cpu()  # (B·n, L, V)
+            chosen = scores.gather(-1, new[..., None])[..., 0]
+        rollouts = []
+        for row in range(new.shape[0]):
+            tokens = new[row].tolist()
+            end = next((t + 1 for t, tok in enumerate(tokens) if tok in self.eos), None)
+            length = len(tokens) if end is None else end
+            rollouts.append(Rollout(offset + row // n, tokens[:length],
+                                    chosen[row, :length].tolist() if sampling.logprobs else None,
+                                    "length" if end is None else "stop"))
+        return rollouts
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy the tensors into the engine's model, unless it is the trainer's own model (colocated)."""
+        params = dict(self.model.named_parameters())
+        for name, tensor in named_tensors:
+            if name not in params:
+                raise KeyError(f"engine model has no parameter {name!r}")
+            if params[name].data_ptr() != tensor.data_ptr():
+                params[name].data.copy_(tensor)
+
+    def sleep(self) -> None:  # nothing to release: the model is shared with the trainer
+        pass
+
+    def wake(self) -> None:
+        pass
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple, set)) else [value]

@@ -1,0 +1,418 @@
+"""SDPO and PGPO training, one optimizer step at a time (LLM_RUNS.md "One step").
+
+    rollout → reward → teacher contexts → micro-batches (student with grad, teacher without) →
+    I over micro-batches (and ranks) → ρ → clip (skip if non-finite) → modulated AdamW step →
+    scheduler → EMA teacher → push weights → metrics row → validation / checkpoint
+
+`pgpo.enabled: false` is SDPO: a plain `optimizer.step()`. With PGPO the step is
+`pgpo.modulated_step(optimizer, ρ)`, ρ = min(1 + α·I, ρ_max) (or the smooth cap); α = 0 gives ρ = 1,
+which is SDPO bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from llm_runs import checkpoint
+from llm_runs.config import ConfigError, RunConfig
+from llm_runs.data import PromptSampler, load_hub, load_split, render
+from llm_runs.evaluate import evaluate
+from llm_runs.loss import importance_weights, self_distillation_loss
+from llm_runs.reward import score
+from llm_runs.rollout import HFEngine, Sampling
+from llm_runs.teacher import TeacherWeights, demonstrations
+from pgpo import Multiplier, global_information, modulated_step
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no GPU is visible")
+    return torch.device(name)
+
+
+def model_source(config: RunConfig, run_dir: Path, corpus: list[str]) -> str:
+    """A directory (or hub id) holding config, weights and tokenizer; the tiny model is built here."""
+    if config.model.tiny:
+        from llm_runs import tiny
+
+        path = run_dir / "base_model"
+        if not (path / "config.json").exists():
+            tiny.build(path, corpus, config.model.tiny_shape, seed=config.train.seed)
+        return str(path)
+    path = Path(config.model.path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model.path {path}: no config.json there (not a transformers model directory)")
+        return str(path)
+    if config.model.path.startswith((".", "/", "~")) or config.model.path.count("/") != 1:
+        raise ConfigError(f"model.path {config.model.path!r} does not exist (and is not a hub id like Qwen/Qwen3-8B)")
+    return config.model.path  # a hub id: from_pretrained downloads it (users with internet)
+
+
+def load_model(source: str, dtype: torch.dtype, device: torch.device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as err:
+        raise ConfigError(f"model.path {source!r}: could not load a model and tokenizer ({err})") from None
+    return model.to(device), tokenizer
+
+
+def load_examples(config: RunConfig, split: str):
+    if config.data.hub:
+        return load_hub(config.data.hub, config.data.hub_domain, split)
+    return load_split(config.data.train if split == "train" else config.data.test)
+
+
+# ---------------------------------------------------------------------------------------------
+# batching: left-padded sequences whose responses end at the right edge
+
+
+@dataclass
+class Batch:
+    """One micro-batch; every response is right-aligned in the last R positions."""
+
+    student_ids: torch.Tensor  # (b, Ls)
+    student_attention: torch.Tensor  # (b, Ls)
+    teacher_ids: torch.Tensor  # (b, Lt)
+    teacher_attention: torch.Tensor  # (b, Lt)
+    response_ids: torch.Tensor  # (b, R)
+    response_mask: torch.Tensor  # (b, R)
+    sampler_logprobs: torch.Tensor  # (b, R)
+    sample_mask: torch.Tensor  # (b,)
+
+
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        attention[i, width - len(r):] = 1
+    return ids, attention
+
+
+def make_batch(prompts: list[list[int]], teacher_prompts: list[list[int]], responses: list[list[int]],
+               logprobs: list[list[float]], mask: list[float], pad: int) -> Batch:
+    width = max(len(r) for r in responses)
+    response_ids = torch.full((len(responses), width), pad, dtype=torch.long)
+    response_mask = torch.zeros((len(responses), width))
+    sampler = torch.zeros((len(responses), width))
+    for i, (r, lp) in enumerate(zip(responses, logprobs)):
+        response_ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        response_mask[i, width - len(r):] = 1.0
+        sampler[i, width - len(r):] = torch.tensor(lp)
+    s_ids, s_att = _left_pad([p + r for p, r in zip(prompts, responses)], pad)
+    t_ids, t_att = _left_pad([p + r for p, r in zip(teacher_prompts, responses)], pad)
+    return Batch(s_ids, s_att, t_ids, t_att, response_ids, response_mask, sampler, torch.tensor(mask))
+
+
+def response_logits(model, ids: torch.Tensor, attention: torch.Tensor, length: int) -> torch.Tensor:
+    """Logits predicting the last `length` tokens: (b, L) → (b, length, V), via logits_to_keep."""
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
+    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=length + 1)
+    return out.logits[:, :-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    skipped_total: int = 0
+    nonfinite_information_total: int = 0
+    best_val: float | None = None
+    best_step: int | None = None
+    metrics_offset: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Timer:
+    def __init__(self):
+        self.seconds = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, run_dir: Path, progress: bool = True):
+        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(config.train.device)
+        seed_everything(config.train.seed)
+        self.train_examples = load_examples(config, "train")
+        self.test_examples = load_examples(config, "test")
+        corpus = [e.prompt for e in self.train_examples + self.test_examples]
+        self.source = model_source(config, self.run_dir, corpus)
+        self.model, self.tokenizer = load_model(self.source, DTYPES[config.model.dtype], self.device)
+        if config.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.model.train()
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.prompt_ids = self._tokenize_prompts()
+        self.teacher = TeacherWeights(self.model, config.teacher.kind, config.teacher.ema_tau)
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        warmup = max(1, o.warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: min(1.0, (k + 1) / warmup))
+        p = config.pgpo
+        self.multiplier = Multiplier(p.alpha, p.rho_max, form=p.form) if p.enabled else None
+        self.engine = HFEngine(self.model, self.tokenizer, batch_size=config.rollout.prompts_per_step
+                               * config.rollout.samples_per_prompt)
+        self.sampler = PromptSampler(len(self.train_examples), config.train.seed)
+        self.state = RunState()
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    def _tokenize_prompts(self) -> list[list[int]]:
+        limit = self.config.data.max_prompt_tokens
+        ids, kept = [], []
+        for e in self.train_examples:
+            row = self.tokenizer(render(self.tokenizer, e, self.config.data.template,
+                                        enable_thinking=self.config.model.enable_thinking)).input_ids
+            if len(row) <= limit:  # overlong prompts are dropped, as verl does, and reported
+                ids.append(row)
+                kept.append(e)
+        dropped = len(self.train_examples) - len(kept)
+        if not kept:
+            raise ConfigError(f"data.max_prompt_tokens = {limit}: every training prompt is longer")
+        if dropped:
+            tqdm.write(f"dropped {dropped} training prompts longer than {limit} tokens")
+        self.train_examples = kept
+        return ids
+
+    # -- checkpoint / resume ------------------------------------------------------------------
+
+    def trainer_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "teacher": self.teacher.state_dict(), "sampler": self.sampler.state_dict(),
+                "rng": checkpoint.rng_state(), "run": self.state.__dict__.copy()}
+
+    def save(self, name: str | None = None, mark_latest: bool = True) -> Path:
+        self.state.metrics_offset = self.metrics_path.stat().st_size if self.metrics_path.exists() else 0
+        return checkpoint.save(self.run_dir, name or f"step-{self.state.step:06d}", self.model, self.tokenizer,
+                               self.trainer_state(), keep=self.config.train.keep_checkpoints, mark_latest=mark_latest)
+
+    def resume(self) -> bool:
+        path = checkpoint.latest(self.run_dir)
+        if path is None:
+            return False
+        from safetensors.torch import load_file
+
+        weights = {}
+        for shard in sorted(path.glob("*.safetensors")):
+            weights.update(load_file(shard, device=str(self.device)))
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
+            raise RuntimeError(f"checkpoint {path}: missing {missing}, unexpected {unexpected}")
+        state = torch.load(path / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.sampler.load_state_dict(state["sampler"])
+        checkpoint.set_rng_state(state["rng"])
+        self.state = RunState(**state["run"])
+        with self.metrics_path.open("r+b") as f:  # rows written after the checkpoint are redone
+            f.truncate(self.state.metrics_offset)
+        return True
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def step(self) -> dict:
+        c, timer = self.config, Timer()
+        P, n = c.rollout.prompts_per_step, c.rollout.samples_per_prompt
+        epoch = self.sampler.epoch
+        chosen = self.sampler.draw(P)
+        examples = [self.train_examples[i] for i in chosen]
+        prompts = [self.prompt_ids[i] for i in chosen]
+
+        with timer("rollout"):
+            rollouts = self.engine.generate(prompts, n, Sampling(c.rollout.temperature, c.rollout.top_p,
+                                                                 c.rollout.max_new_tokens))
+        with timer("reward"):
+            texts = self.tokenizer.batch_decode([r.token_ids for r in rollouts], skip_special_tokens=True)
+            rewards = [score(t, examples[r.prompt_index].answer, c.data.template) for t, r in zip(texts, rollouts)]
+        with timer("teacher"):
+            demos = []
+            for g, example in enumerate(examples):
+                group = slice(g * n, (g + 1) * n)
+                demos += demonstrations(texts[group], rewards[group], example, c.data.template,
+                                        c.teacher.demonstration, c.teacher.strip_think)
+            teacher_prompts = [
+                prompts[r.prompt_index] if d is None else  # no teacher: any context, the sample is masked out
+                self.tokenizer(render(self.tokenizer, examples[r.prompt_index], c.data.template, d,
+                                      c.model.enable_thinking)).input_ids
+                for r, d in zip(rollouts, demos)]
+        mask = [0.0 if d is None else 1.0 for d in demos]
+
+        totals = defaultdict(float)
+        total = len(rollouts)
+        self.optimizer.zero_grad(set_to_none=True)
+        for start in range(0, total, c.loss.micro_batch_size):
+            part = slice(start, start + c.loss.micro_batch_size)
+            batch = make_batch([prompts[r.prompt_index] for r in rollouts[part]], teacher_prompts[part],
+                               [r.token_ids for r in rollouts[part]], [r.logprobs for r in rollouts[part]],
+                               mask[part], self.pad)
+            batch = Batch(*(t.to(self.device) for t in batch.__dict__.values()))
+            length = batch.response_ids.shape[1]
+            with timer("teacher"), torch.no_grad():
+                teacher_logits = response_logits(self.teacher.network, batch.teacher_ids, batch.teacher_attention, length)
+            with timer("train"):
+                student_logits = response_logits(self.model, batch.student_ids, batch.student_attention, length)
+                trainer_logprobs = torch.log_softmax(student_logits.detach().float(), -1).gather(
+                    -1, batch.response_ids[..., None])[..., 0]
+                weights = importance_weights(trainer_logprobs, batch.sampler_logprobs, c.loss.is_cap)
+                out = self_distillation_loss(student_logits, teacher_logits, batch.response_mask, batch.sample_mask,
+                                             c.loss.beta, c.loss.topk, c.loss.add_tail, weights, c.pgpo.signal)
+                b = batch.sample_mask.shape[0]
+                (out.loss * (b / total)).backward()  # Σ over micro-batches = the mean over all P·n sequences
+            pair = out.information if c.pgpo.reduce == "token" else out.information_sequence
+            totals["info_num"] += pair[0].item()
+            totals["info_den"] += pair[1].item()
+            totals["loss"] += out.loss.item() * b / total
+            for key, (num, den) in (("jsd", out.jsd), ("entropy", out.entropy), ("kl", out.information)):
+                totals[key + "_num"] += num.item()
+                totals[key + "_den"] += den.item()
+            gap = (trainer_logprobs - batch.sampler_logprobs).abs() * batch.response_mask
+            totals["lp_gap_sum"] += gap.sum().item()
+            totals["lp_gap_max"] = max(totals["lp_gap_max"], gap.max().item())
+            totals["tokens"] += batch.response_mask.sum().item()
+
+        with timer("train"):
+            information = global_information(totals["info_num"], totals["info_den"]).item()
+            nonfinite = not math.isfinite(information)
+            self.state.nonfinite_information_total += int(nonfinite)
+            rho = float(self.multiplier(information)) if self.multiplier is not None else 1.0
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.clip_norm).item()
+            skipped = not math.isfinite(grad_norm)
+            lr = self.optimizer.param_groups[0]["lr"]
+            if skipped:  # the step is dropped: no update, no scheduler tick, no EMA move
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state.skipped_total += 1
+            else:
+                if self.multiplier is None:
+                    self.optimizer.step()
+                else:
+                    modulated_step(self.optimizer, rho)
+                self.scheduler.step()
+                self.teacher.update()
+        with timer("weight_sync"):
+            self.engine.update_weights(self.model.named_parameters())
+
+        self.state.step += 1
+        lengths = [len(r.token_ids) for r in rollouts]
+        groups = [rewards[g * n:(g + 1) * n] for g in range(P)]
+        ratio = lambda key: totals[key + "_num"] / totals[key + "_den"] if totals[key + "_den"] else 0.0  # noqa: E731
+        seconds = dict(timer.seconds)
+        return {
+            "step": self.state.step, "epoch": epoch, "lr": lr, "effective_lr": lr * rho, "information": information,
+            "rho": rho, "information_nonfinite_total": self.state.nonfinite_information_total, "loss": totals["loss"],
+            "grad_norm": grad_norm, "skipped": int(skipped), "skipped_total": self.state.skipped_total,
+            "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
+            "groups_with_success": float(np.mean([max(g) == 1.0 for g in groups])),
+            "teacher_fraction": float(np.mean(mask)), "response_length_mean": float(np.mean(lengths)),
+            "response_length_max": int(max(lengths)),
+            "truncated_fraction": float(np.mean([r.finish_reason == "length" for r in rollouts])),
+            "kl_teacher_student": ratio("kl"), "jsd_teacher_student": ratio("jsd"), "entropy": ratio("entropy"),
+            "logprob_gap_mean": totals["lp_gap_sum"] / max(totals["tokens"], 1.0), "logprob_gap_max": totals["lp_gap_max"],
+            "tokens_per_s_generated": sum(lengths) / max(seconds.get("rollout", 0.0), 1e-9),
+            "tokens_per_s_trained": totals["tokens"] / max(seconds.get("train", 0.0), 1e-9),
+            **{f"seconds_{k}": v for k, v in seconds.items()}, "peak_memory_gb": peak_memory_gb(self.device),
+        }
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def validate(self) -> dict:
+        c = self.config
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(c.train.seed + 1_000_003 * self.state.step)  # eval never shifts training's randomness
+            result = evaluate(self.model, self.tokenizer, self.test_examples, c.data.template, c.eval,
+                              c.model.enable_thinking)
+        path = self.run_dir / "eval" / f"step-{self.state.step:06d}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+        return result
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def train(self) -> Path:
+        c = self.config
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(c.to_dict(), sort_keys=False))
+        bar = tqdm(total=c.train.steps, initial=self.state.step, desc=self.run_dir.name, disable=not self.progress)
+        with self.metrics_path.open("a") as log:
+            while self.state.step < c.train.steps:
+                row = self.step()
+                if c.train.eval_every and (self.state.step % c.train.eval_every == 0 or self.state.step == c.train.steps):
+                    start = time.perf_counter()
+                    result = self.validate()
+                    row["seconds_eval"] = time.perf_counter() - start
+                    row["val_mean_at_k"] = result["mean_at_k"]
+                    if self.state.best_val is None or result["mean_at_k"] > self.state.best_val:
+                        self.state.best_val, self.state.best_step = result["mean_at_k"], self.state.step
+                        row["val_best"] = True
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                if row.get("val_best"):
+                    self.save("best", mark_latest=False)
+                if c.train.checkpoint_every and (self.state.step % c.train.checkpoint_every == 0
+                                                 or self.state.step == c.train.steps):
+                    self.save()
+                bar.update(1)
+                bar.set_postfix(reward=f"{row['reward_mean']:.2f}", I=f"{row['information']:.3f}",
+                                rho=f"{row['rho']:.2f}", loss=f"{row['loss']:.4f}")
+        bar.close()
+        summary = {"steps": self.state.step, "skipped": self.state.skipped_total,
+                   "nonfinite_information": self.state.nonfinite_information_total,
+                   "best_val_mean_at_k": self.state.best_val, "best_step": self.state.best_step}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return self.run_dir
+
+
+def run_name(config: RunConfig, config_path: str | None) -> str:
+    if config.train.run_name:
+        return config.train.run_name
+    stem = Path(config_path).stem if config_path else "run"
+    return f"{stem}-seed{config.train.seed}"
