@@ -30,6 +30,9 @@ demo: $(STAMP)
 	$(PY) -m sde_lab verify --quick
 	$(PY) -m sde_lab figures --quick --out .demo/figures
 	@echo "quick-mode figures (PNG, PDF and the JSON behind each) are in .demo/figures/"
+	rm -rf .demo/runs/tiny_cpu
+	$(PY) -m llm_runs train --config llm_runs/configs/tiny_cpu.yaml train.output_dir=.demo/runs train.run_name=tiny_cpu
+	@echo "tiny SDPO/PGPO run: metrics in .demo/runs/tiny_cpu/metrics.jsonl, checkpoints in .demo/runs/tiny_cpu/checkpoints/"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -201,6 +201,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: min(1.0, (k + 1) / warmup))
         p = config.pgpo
         self.multiplier = Multiplier(p.alpha, p.rho_max, form=p.form) if p.enabled else None
+        if config.rollout.engine != "hf":
+            raise ConfigError("rollout.engine=vllm: the vLLM engine is not in this version yet; run with "
+                              "rollout.engine=hf (transformers generate)")
         self.engine = HFEngine(self.model, self.tokenizer, batch_size=config.rollout.prompts_per_step
                                * config.rollout.samples_per_prompt)
         self.sampler = PromptSampler(len(self.train_examples), config.train.seed)

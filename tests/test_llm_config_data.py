@@ -1,0 +1,132 @@
+"""Configs (errors name the key and the file), split files (errors name file, line and field), templates."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_runs.config import ConfigError, load
+from llm_runs.data import DataError, PromptSampler, load_split, messages, question_of, render
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data" / "sciknoweval"
+CONFIGS = sorted((ROOT / "llm_runs" / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_the_papers_settings():
+    c = load()
+    assert (c.optim.lr, c.optim.betas, c.optim.weight_decay, c.optim.warmup_steps, c.optim.clip_norm) == (
+        1e-5, (0.9, 0.999), 0.01, 10, 1.0)
+    assert (c.rollout.prompts_per_step, c.rollout.samples_per_prompt, c.rollout.temperature) == (32, 8, 1.0)
+    assert (c.rollout.max_new_tokens, c.data.max_prompt_tokens) == (8192, 2048)
+    assert (c.loss.beta, c.loss.topk, c.loss.add_tail, c.loss.is_cap) == (0.5, 100, True, 2.0)
+    assert (c.teacher.kind, c.teacher.ema_tau, c.teacher.demonstration) == ("ema", 0.05, "sibling")
+    assert (c.eval.samples, c.eval.temperature, c.eval.top_p) == (16, 0.6, 0.95)
+    assert c.model.path == "Qwen/Qwen3-8B" and c.model.enable_thinking is False
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_loads(path):
+    c = load(path)
+    if path.stem != "tiny_cpu":
+        assert c.model.path == "Qwen/Qwen3-8B" and c.optim.lr == 1e-5
+        assert c.pgpo.enabled == ("pgpo" in path.stem)
+
+
+def test_paper_configs_cover_four_domains_and_four_methods():
+    stems = {p.stem for p in CONFIGS}
+    for domain in ("biology", "chemistry", "material", "physics"):
+        assert {f"qwen3_8b_{domain}_sdpo", *(f"qwen3_8b_{domain}_pgpo_a{a}" for a in ("0.5", "1", "2"))} <= stems
+
+
+def test_overrides_and_their_errors(tmp_path):
+    c = load(None, ["pgpo.alpha=2", "loss.topk=null", "optim.betas=[0.9, 0.95]", "train.run_name=x"])
+    assert c.pgpo.alpha == 2.0 and c.loss.topk is None and c.optim.betas == (0.9, 0.95) and c.train.run_name == "x"
+    with pytest.raises(ConfigError, match="command line: unknown key 'pgpo.alfa'"):
+        load(None, ["pgpo.alfa=1"])
+    with pytest.raises(ConfigError, match="unknown key 'nope.x'"):
+        load(None, ["nope.x=1"])
+    with pytest.raises(ConfigError, match="loss.topk: expected int, got 'ten'"):
+        load(None, ["loss.topk=ten"])
+    with pytest.raises(ConfigError, match="pgpo.form: must be one of"):
+        load(None, ["pgpo.form=cubic"])
+    with pytest.raises(ConfigError, match=r"loss.beta: must lie in \[0.0, 1.0\]"):
+        load(None, ["loss.beta=1.5"])
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load(None, ["pgpo.alpha"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pgpo:\n  alpha: 1\n  sensitivity: 2\n")
+    with pytest.raises(ConfigError, match=f"{bad}: unknown key 'pgpo.sensitivity'"):
+        load(bad)
+    bad.write_text("train:\n  steps: many\n")
+    with pytest.raises(ConfigError, match=f"{bad}: train.steps: expected int"):
+        load(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "missing.yaml")
+
+
+def _write(tmp_path, rows):
+    path = tmp_path / "split.jsonl"
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+GOOD = {"idx": 1, "prompt": "Q?\n\nA: x\nB: y\nPlease reason step by step.", "answer": "B", "system": "sys"}
+
+
+@pytest.mark.parametrize("row, message", [
+    ("{not json", r"split.jsonl:2: not valid JSON"),
+    ({**GOOD, "idx": 2, "answer": None}, r"split.jsonl:2: field 'answer' is missing"),
+    ({"idx": 2, "answer": "A"}, r"split.jsonl:2: field 'prompt' is missing"),
+    ({**GOOD, "idx": "2"}, r"split.jsonl:2: field 'idx' must be int, got str"),
+    ({**GOOD, "idx": True}, r"split.jsonl:2: field 'idx' must be int, got bool"),
+    ({**GOOD, "idx": 2, "prompt": "  "}, r"split.jsonl:2: field 'prompt' is empty"),
+    ({**GOOD}, r"split.jsonl:2: field 'idx' = 1 repeats line 1"),
+    ("[1, 2]", r"split.jsonl:2: a row must be a JSON object"),
+])
+def test_a_malformed_row_names_file_line_and_field(tmp_path, row, message):
+    with pytest.raises(DataError, match=message):
+        load_split(_write(tmp_path, [GOOD, row]))
+
+
+def test_templates(tmp_path):
+    (example,) = load_split(_write(tmp_path, [GOOD]))
+    assert question_of(example) == "Q?\n\nA: x\nB: y"
+    student = messages(example, "boxed")
+    assert student == [{"role": "user", "content": "Q?\n\nA: x\nB: y\nPlease reason step by step, and put your final "
+                                                    "answer within \\boxed{}."}]
+    teacher = messages(example, "boxed", "\\boxed{B}")
+    assert teacher[0]["content"].endswith("\nCorrect solution: \\boxed{B} Correctly solve the original question.")
+    tag = messages(example, "answer_tag", "<answer>B</answer>")
+    assert tag[0] == {"role": "system", "content": "sys"}
+    assert tag[1]["content"] == GOOD["prompt"] + "\nCorrect solution:\n\n<answer>B</answer>\n\nCorrectly solve the original question."
+
+
+def test_sampler_is_seeded_and_resumable():
+    a, b = PromptSampler(10, seed=3), PromptSampler(10, seed=3)
+    first = a.draw(7) + a.draw(7)  # crosses an epoch
+    assert sorted(first[:10]) == list(range(10)) and a.epoch == 1
+    b.draw(7)
+    state = b.state_dict()
+    c = PromptSampler(10, seed=3)
+    c.load_state_dict(state)
+    assert c.draw(7) == first[7:]
+    assert PromptSampler(10, seed=4).draw(10) != first[:10]
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data/sciknoweval is not beside the project")
+@pytest.mark.parametrize("domain, train, test", [("biology", 450, 50), ("chemistry", 1890, 210),
+                                                 ("material", 841, 94), ("physics", 720, 80)])
+def test_real_splits_load_and_render_through_the_chat_template(domain, train, test, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    rows = load_split(SHARED / domain / "train.json")
+    assert len(rows) == train and len(load_split(SHARED / domain / "test.json")) == test
+    assert all(r.answer in "ABCD" for r in rows)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for template in ("boxed", "answer_tag"):
+        text = render(tokenizer, rows[0], template)
+        assert text.startswith("<|im_start|>") and text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        assert question_of(rows[0]) in text
+        assert ("\\boxed{}" in text) == (template == "boxed")
+        assert ("<answer>" in text) == (template == "answer_tag")  # SDPO's system prompt

@@ -1,0 +1,180 @@
+"""The SDPO/PGPO loop on a tiny random Qwen3 on CPU: updates, ρ, SDPO equivalence, resume, bad input."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm_runs import trainer as trainer_module
+from llm_runs.config import ConfigError, load
+from llm_runs.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "llm_runs" / "configs" / "tiny_cpu.yaml"
+FIXTURES = ROOT / "llm_runs" / "fixtures" / "toy_science"
+# fields that measure the machine, not the run
+TIMING = ("seconds_", "tokens_per_s", "peak_memory")
+
+
+def config(model_dir, out, *overrides):
+    return load(TINY, [f"model.path={model_dir}", "model.tiny=false", f"train.output_dir={out}",
+                       f"data.train={FIXTURES / 'train.jsonl'}", f"data.test={FIXTURES / 'test.jsonl'}",
+                       "train.eval_every=0", "train.checkpoint_every=0", *overrides])
+
+
+def run_rows(path):
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_one_step_changes_every_trainable_parameter(tiny_model_dir, tmp_path):
+    t = Trainer(config(tiny_model_dir, tmp_path), tmp_path / "run", progress=False)
+    before = weights(t.model)
+    row = t.step()
+    assert row["teacher_fraction"] == 1.0 and row["loss"] > 0 and row["skipped"] == 0
+    unchanged = [k for k, v in t.model.named_parameters() if torch.equal(v.detach(), before[k])]
+    assert not unchanged
+    # the gradient itself reached every tensor (not only weight decay)
+    t.optimizer.zero_grad()
+    assert all(s["exp_avg"].abs().sum() > 0 for s in t.optimizer.state.values())
+
+
+def test_pgpo_scales_the_update_by_exactly_rho(tiny_model_dir, tmp_path):
+    # built and stepped one after the other: each run seeds itself, so both draw the same rollouts
+    sdpo = Trainer(config(tiny_model_dir, tmp_path, "pgpo.enabled=false"), tmp_path / "sdpo", progress=False)
+    base = weights(sdpo.model)
+    a = sdpo.step()
+    pgpo = Trainer(config(tiny_model_dir, tmp_path, "pgpo.alpha=4.0", "pgpo.rho_max=3.0"), tmp_path / "pgpo",
+                   progress=False)
+    b = pgpo.step()
+    assert a["information"] == b["information"] > 0 and a["rho"] == 1.0
+    rho = b["rho"]
+    assert rho == pytest.approx(min(1 + 4.0 * b["information"], 3.0)) and rho > 1.2
+    for name, p in pgpo.model.named_parameters():
+        plain = dict(sdpo.model.named_parameters())[name].detach() - base[name]
+        scaled = p.detach() - base[name]
+        # float32 rounding of θ + ρΔθ: a few ulps of |θ|
+        assert torch.allclose(scaled, rho * plain, rtol=1e-4, atol=4 * 1.2e-7 * base[name].abs().max().item()), name
+    for s, q in zip(sdpo.optimizer.state.values(), pgpo.optimizer.state.values()):  # moments untouched by ρ
+        assert torch.equal(s["exp_avg"], q["exp_avg"]) and torch.equal(s["exp_avg_sq"], q["exp_avg_sq"])
+
+
+def test_alpha_zero_is_sdpo_bit_for_bit(tiny_model_dir, tmp_path):
+    runs = {}
+    for name, extra in (("sdpo", "pgpo.enabled=false"), ("pgpo0", "pgpo.alpha=0.0")):
+        t = Trainer(config(tiny_model_dir, tmp_path, extra, "train.steps=3", "train.eval_every=3"), tmp_path / name,
+                    progress=False)
+        t.train()
+        runs[name] = (run_rows(tmp_path / name / "metrics.jsonl"), weights(t.model))
+    assert runs["sdpo"][0] == runs["pgpo0"][0]
+    assert all(torch.equal(runs["sdpo"][1][k], runs["pgpo0"][1][k]) for k in runs["sdpo"][1])
+
+
+def test_resume_after_two_of_four_steps_equals_four_steps(tiny_model_dir, tmp_path):
+    common = ("train.checkpoint_every=2", "train.eval_every=2", "eval.samples=2")
+    full = Trainer(config(tiny_model_dir, tmp_path, *common, "train.steps=4"), tmp_path / "full", progress=False)
+    full.train()
+    half = Trainer(config(tiny_model_dir, tmp_path, *common, "train.steps=2"), tmp_path / "half", progress=False)
+    half.train()
+    del half
+    resumed = Trainer(config(tiny_model_dir, tmp_path, *common, "train.steps=4"), tmp_path / "half", progress=False)
+    assert resumed.resume() and resumed.state.step == 2
+    resumed.train()
+    assert run_rows(tmp_path / "full" / "metrics.jsonl") == run_rows(tmp_path / "half" / "metrics.jsonl")
+    a, b = weights(full.model), weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "half" / "checkpoints" / "best" / "model.safetensors").exists()
+
+
+def test_nonfinite_gradient_skips_the_step(tiny_model_dir, tmp_path):
+    t = Trainer(config(tiny_model_dir, tmp_path), tmp_path / "run", progress=False)
+    before = weights(t.model)
+    hook = t.model.lm_head.weight.register_hook(lambda g: g * float("nan"))
+    row = t.step()
+    hook.remove()
+    assert row["skipped"] == 1 and row["skipped_total"] == 1 and not math.isfinite(row["grad_norm"])
+    assert all(torch.equal(v, before[k]) for k, v in t.model.state_dict().items())
+    assert not t.optimizer.state  # AdamW never stepped
+    assert t.step()["skipped"] == 0  # the next batch trains normally
+
+
+def test_nonfinite_information_gives_rho_one(tiny_model_dir, tmp_path, monkeypatch):
+    t = Trainer(config(tiny_model_dir, tmp_path, "pgpo.alpha=2.0"), tmp_path / "run", progress=False)
+    monkeypatch.setattr(trainer_module, "global_information", lambda n, d: torch.tensor(float("nan")))
+    row = t.step()
+    assert row["rho"] == 1.0 and row["information_nonfinite_total"] == 1 and row["skipped"] == 0
+
+
+def test_groups_without_success_get_no_teacher_and_no_crash(tiny_model_dir, tmp_path):
+    t = Trainer(config(tiny_model_dir, tmp_path, "teacher.demonstration=sibling"), tmp_path / "run", progress=False)
+    row = t.step()  # a random model never answers right: every sample is masked out
+    assert row["reward_mean"] == 0.0 and row["teacher_fraction"] == 0.0 and row["groups_with_success"] == 0.0
+    assert row["loss"] == 0.0 and row["information"] == 0.0 and row["rho"] == 1.0
+
+
+def test_stale_engine_weights_show_in_the_logprob_gap(tiny_model_dir, tmp_path):
+    t = Trainer(config(tiny_model_dir, tmp_path), tmp_path / "run", progress=False)
+    fresh = t.step()["logprob_gap_max"]
+    assert fresh < 1e-4
+    generate = t.engine.generate
+
+    def stale(*args, **kwargs):  # the engine samples with weights the trainer no longer has
+        with torch.no_grad():
+            saved = t.model.lm_head.weight.clone()
+            t.model.lm_head.weight.mul_(1.5)
+            try:
+                return generate(*args, **kwargs)
+            finally:
+                t.model.lm_head.weight.copy_(saved)
+
+    t.engine.generate = stale
+    assert t.step()["logprob_gap_max"] > 0.1
+
+
+def test_missing_model_path_and_vllm_are_explained(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        Trainer(config(tmp_path / "nowhere", tmp_path), tmp_path / "run", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no config.json"):
+        Trainer(config(tmp_path / "empty", tmp_path), tmp_path / "run", progress=False)
+
+
+def test_cli_run_killed_mid_way_resumes_and_evaluates(tiny_model_dir, tmp_path):
+    """kill -9 after a checkpoint, `--resume`, and the run finishes with one metrics row per step."""
+    args = [sys.executable, "-m", "llm_runs", "train", "--config", str(TINY), "--no-progress",
+            f"model.path={tiny_model_dir}", "model.tiny=false", f"train.output_dir={tmp_path}", "train.run_name=r",
+            f"data.train={FIXTURES / 'train.jsonl'}", f"data.test={FIXTURES / 'test.jsonl'}", "train.steps=40",
+            "train.checkpoint_every=2", "train.eval_every=0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = tmp_path / "r" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and latest.read_text().strip() >= "step-000004":
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run([sys.executable, "-m", "llm_runs", "train", "--resume", str(tmp_path / "r"), "--no-progress"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    steps = [r["step"] for r in run_rows(tmp_path / "r" / "metrics.jsonl")]
+    assert steps == list(range(1, 41))
+    ev = subprocess.run([sys.executable, "-m", "llm_runs", "eval", "--checkpoint",
+                         str(tmp_path / "r" / "checkpoints" / "step-000040"), "--no-progress", "eval.samples=2"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    result = json.loads((tmp_path / "r" / "checkpoints" / "step-000040" / "eval.json").read_text())
+    assert result["k"] == 2 and result["questions"] == 4 and 0.0 <= result["mean_at_k"] <= 1.0
