@@ -1,5 +1,6 @@
-"""`python -m llm_runs train --config PATH [key=value ...] | --resume RUN_DIR` and
-`python -m llm_runs eval --checkpoint DIR [--data FILE] [key=value ...]`."""
+"""`python -m llm_runs train --config PATH [key=value ...] | --resume RUN_DIR`,
+`python -m llm_runs eval --checkpoint DIR [--data FILE] [key=value ...]` and
+`python -m llm_runs bench --config PATH [--steps K] [--repeats R]`."""
 
 from __future__ import annotations
 
@@ -58,6 +59,13 @@ def _eval(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from llm_runs.bench import measure, report
+
+    print(report(measure(args.config, args.overrides, args.steps, args.repeats)))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llm_runs", description="SDPO and PGPO training of LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,9 +80,14 @@ def main(argv=None) -> int:
     ev.add_argument("--out", help="where to write the result JSON (default: CHECKPOINT/eval.json)")
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("overrides", nargs="*", help="section.key=value")
+    bench = sub.add_parser("bench", help="seconds per step by stage, SDPO against PGPO")
+    bench.add_argument("--config", required=True)
+    bench.add_argument("--steps", type=int, default=5, help="timed steps per run (after one warm-up step)")
+    bench.add_argument("--repeats", type=int, default=5, help="fresh runs per method")
+    bench.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
     try:
-        return _train(args) if args.command == "train" else _eval(args)
+        return {"train": _train, "eval": _eval, "bench": _bench}[args.command](args)
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")
 

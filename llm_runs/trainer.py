@@ -154,6 +154,7 @@ class RunState:
     nonfinite_information_total: int = 0
     best_val: float | None = None
     best_step: int | None = None
+    final_val: float | None = None  # the most recent validation
     metrics_offset: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -392,7 +393,7 @@ class Trainer:
                     start = time.perf_counter()
                     result = self.validate()
                     row["seconds_eval"] = time.perf_counter() - start
-                    row["val_mean_at_k"] = result["mean_at_k"]
+                    row["val_mean_at_k"] = self.state.final_val = result["mean_at_k"]
                     if self.state.best_val is None or result["mean_at_k"] > self.state.best_val:
                         self.state.best_val, self.state.best_step = result["mean_at_k"], self.state.step
                         row["val_best"] = True
@@ -409,7 +410,8 @@ class Trainer:
         bar.close()
         summary = {"steps": self.state.step, "skipped": self.state.skipped_total,
                    "nonfinite_information": self.state.nonfinite_information_total,
-                   "best_val_mean_at_k": self.state.best_val, "best_step": self.state.best_step}
+                   "best_val_mean_at_k": self.state.best_val, "best_step": self.state.best_step,
+                   "final_val_mean_at_k": self.state.final_val}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return self.run_dir
 
