@@ -236,9 +236,12 @@ class Trainer:
                 "rng": checkpoint.rng_state(), "run": self.state.__dict__.copy()}
 
     def save(self, name: str | None = None, mark_latest: bool = True) -> Path:
+        """A resumable step checkpoint; `mark_latest=False` ("best") keeps the weights and the run record only
+        (the optimizer state of an 8B model is ~65 GiB, and "best" is for evaluation, not for resuming)."""
         self.state.metrics_offset = self.metrics_path.stat().st_size if self.metrics_path.exists() else 0
+        state = self.trainer_state() if mark_latest else {"run": self.state.__dict__.copy()}
         return checkpoint.save(self.run_dir, name or f"step-{self.state.step:06d}", self.model, self.tokenizer,
-                               self.trainer_state(), keep=self.config.train.keep_checkpoints, mark_latest=mark_latest)
+                               state, keep=self.config.train.keep_checkpoints, mark_latest=mark_latest)
 
     def resume(self) -> bool:
         path = checkpoint.latest(self.run_dir)

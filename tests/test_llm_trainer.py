@@ -178,3 +178,13 @@ def test_cli_run_killed_mid_way_resumes_and_evaluates(tiny_model_dir, tmp_path):
     assert ev.returncode == 0, ev.stderr[-2000:]
     result = json.loads((tmp_path / "r" / "checkpoints" / "step-000040" / "eval.json").read_text())
     assert result["k"] == 2 and result["questions"] == 4 and 0.0 <= result["mean_at_k"] <= 1.0
+
+
+def test_sibling_rule_in_the_loop_with_lone_successes(tiny_model_dir, tmp_path, monkeypatch):
+    """One success per group (faked reward): its n − 1 siblings get it as demonstration, it gets none."""
+    t = Trainer(config(tiny_model_dir, tmp_path, "teacher.demonstration=sibling"), tmp_path / "run", progress=False)
+    calls = iter(range(10**6))
+    monkeypatch.setattr(trainer_module, "score", lambda text, answer, fmt: float(next(calls) % 4 == 0))
+    row = t.step()
+    assert row["reward_mean"] == 0.25 and row["groups_with_success"] == 1.0
+    assert row["teacher_fraction"] == 0.75 and row["loss"] > 0 and row["information"] > 0
