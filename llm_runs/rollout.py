@@ -17,6 +17,8 @@ from typing import Iterable, Protocol
 
 import torch
 
+from llm_runs import parallel
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -53,17 +55,32 @@ class HFEngine:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], n: int, sampling: Sampling) -> list[Rollout]:
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: Sampling,
+                 seeds: list[int] | None = None) -> list[Rollout]:
+        """With `seeds`, prompt i's n samples come from its own generator seeded seeds[i] (one call per
+        prompt): the rollouts then do not depend on how prompts are batched or split across ranks."""
         was_training = self.model.training
         self.model.eval()
         out = []
         try:
-            per_call = max(1, self.batch_size // n)
-            for start in range(0, len(prompt_ids), per_call):
-                out += self._generate(prompt_ids[start:start + per_call], start, n, sampling)
+            if seeds is not None:
+                if len(seeds) != len(prompt_ids):
+                    raise ValueError(f"{len(seeds)} seeds for {len(prompt_ids)} prompts")
+                for i, (prompt, seed) in enumerate(zip(prompt_ids, seeds)):
+                    with torch.random.fork_rng(devices=self._cuda_devices()):
+                        torch.manual_seed(seed)
+                        out += self._generate([prompt], i, n, sampling)
+            else:
+                per_call = max(1, self.batch_size // n)
+                for start in range(0, len(prompt_ids), per_call):
+                    out += self._generate(prompt_ids[start:start + per_call], start, n, sampling)
         finally:
             self.model.train(was_training)
         return out
+
+    def _cuda_devices(self) -> list:
+        device = next(self.model.parameters()).device
+        return [device] if device.type == "cuda" else []
 
     def _generate(self, prompts: list[list[int]], offset: int, n: int, sampling: Sampling) -> list[Rollout]:
         device = next(self.model.parameters()).device
@@ -77,7 +94,8 @@ class HFEngine:
             input_ids=ids.to(device), attention_mask=attention.to(device), do_sample=True,
             temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_new_tokens,
             num_return_sequences=n, output_scores=sampling.logprobs, return_dict_in_generate=True,
-            pad_token_id=self.pad, eos_token_id=sorted(self.eos))
+            pad_token_id=self.pad, eos_token_id=sorted(self.eos),
+            synced_gpus=parallel.world_size() > 1)  # sharded weights: every rank runs every forward
         new = result.sequences[:, width:].cpu()
         if sampling.logprobs:  # the processed scores are the sampling distribution (temperature, top-p)
             scores = torch.stack(result.scores, dim=1).float().log_softmax(-1).cpu()  # (B·n, L, V)

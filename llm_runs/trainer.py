@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import resource
 import time
@@ -26,7 +27,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from llm_runs import checkpoint
+from llm_runs import checkpoint, parallel
 from llm_runs.config import ConfigError, RunConfig
 from llm_runs.data import PromptSampler, load_hub, load_split, render
 from llm_runs.evaluate import evaluate
@@ -183,6 +184,13 @@ class Trainer:
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(config.train.device)
+        self.rank, self.world = parallel.init(self.device)
+        if config.rollout.prompts_per_step % self.world:
+            raise ConfigError(f"rollout.prompts_per_step = {config.rollout.prompts_per_step} must be a multiple of "
+                              f"the {self.world} processes (each takes an equal share of the global batch)")
+        if self.world > 1 and config.train.checkpoint_every:
+            raise ConfigError("train.checkpoint_every: sharded checkpoints of a multi-process run are not in this "
+                              "version; set train.checkpoint_every=0 (the final weights are still exported)")
         seed_everything(config.train.seed)
         self.train_examples = load_examples(config, "train")
         self.test_examples = load_examples(config, "test")
@@ -194,7 +202,10 @@ class Trainer:
         self.model.train()
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.prompt_ids = self._tokenize_prompts()
-        self.teacher = TeacherWeights(self.model, config.teacher.kind, config.teacher.ema_tau)
+        self.teacher = TeacherWeights(self.model, config.teacher.kind, config.teacher.ema_tau)  # copied unsharded
+        parallel.shard(self.model, self.device)
+        if self.teacher.model is not None:
+            parallel.shard(self.teacher.model, self.device)  # the EMA teacher sharded the same way
         o = config.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                            weight_decay=o.weight_decay)
@@ -272,13 +283,17 @@ class Trainer:
         c, timer = self.config, Timer()
         P, n = c.rollout.prompts_per_step, c.rollout.samples_per_prompt
         epoch = self.sampler.epoch
-        chosen = self.sampler.draw(P)
-        examples = [self.train_examples[i] for i in chosen]
-        prompts = [self.prompt_ids[i] for i in chosen]
+        chosen = self.sampler.draw(P)  # the same global batch on every rank; each takes its share
+        share = P // self.world
+        mine = range(self.rank * share, (self.rank + 1) * share)
+        examples = [self.train_examples[chosen[i]] for i in mine]
+        prompts = [self.prompt_ids[chosen[i]] for i in mine]
+        # one seed per (run, step, position in the global batch): rollouts independent of the split
+        seeds = [int(np.random.SeedSequence([c.train.seed, self.state.step, i]).generate_state(1)[0]) for i in mine]
 
         with timer("rollout"):
             rollouts = self.engine.generate(prompts, n, Sampling(c.rollout.temperature, c.rollout.top_p,
-                                                                 c.rollout.max_new_tokens))
+                                                                 c.rollout.max_new_tokens), seeds=seeds)
         with timer("reward"):
             texts = self.tokenizer.batch_decode([r.token_ids for r in rollouts], skip_special_tokens=True)
             rewards = [score(t, examples[r.prompt_index].answer, c.data.template) for t, r in zip(texts, rollouts)]
@@ -296,9 +311,9 @@ class Trainer:
         mask = [0.0 if d is None else 1.0 for d in demos]
 
         totals = defaultdict(float)
-        total = len(rollouts)
+        total = P * n  # the global batch
         self.optimizer.zero_grad(set_to_none=True)
-        for start in range(0, total, c.loss.micro_batch_size):
+        for start in range(0, len(rollouts), c.loss.micro_batch_size):  # this rank's share
             part = slice(start, start + c.loss.micro_batch_size)
             batch = make_batch([prompts[r.prompt_index] for r in rollouts[part]], teacher_prompts[part],
                                [r.token_ids for r in rollouts[part]], [r.logprobs for r in rollouts[part]],
@@ -315,7 +330,8 @@ class Trainer:
                 out = self_distillation_loss(student_logits, teacher_logits, batch.response_mask, batch.sample_mask,
                                              c.loss.beta, c.loss.topk, c.loss.add_tail, weights, c.pgpo.signal)
                 b = batch.sample_mask.shape[0]
-                (out.loss * (b / total)).backward()  # Σ over micro-batches = the mean over all P·n sequences
+                # Σ over micro-batches and ranks = the mean over all P·n sequences (FSDP averages over ranks)
+                (out.loss * (b * self.world / total)).backward()
             pair = out.information if c.pgpo.reduce == "token" else out.information_sequence
             totals["info_num"] += pair[0].item()
             totals["info_den"] += pair[1].item()
@@ -329,11 +345,12 @@ class Trainer:
             totals["tokens"] += batch.response_mask.sum().item()
 
         with timer("train"):
-            information = global_information(totals["info_num"], totals["info_den"]).item()
+            pair = (torch.tensor(totals["info_num"], device=self.device), torch.tensor(totals["info_den"], device=self.device))
+            information = global_information(*pair).item()  # summed over ranks: every rank gets the same ρ
             nonfinite = not math.isfinite(information)
             self.state.nonfinite_information_total += int(nonfinite)
             rho = float(self.multiplier(information)) if self.multiplier is not None else 1.0
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.clip_norm).item()
+            grad_norm = parallel.as_float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.clip_norm))
             skipped = not math.isfinite(grad_norm)
             lr = self.optimizer.param_groups[0]["lr"]
             if skipped:  # the step is dropped: no update, no scheduler tick, no EMA move
@@ -350,7 +367,16 @@ class Trainer:
             self.engine.update_weights(self.model.named_parameters())
 
         self.state.step += 1
-        lengths = [len(r.token_ids) for r in rollouts]
+        if self.world > 1:  # what the metrics need from every rank
+            parts = parallel.gather([dict(totals)])
+            totals = {k: (max if k == "lp_gap_max" else sum)(p[k] for p in parts) for k in parts[0]}
+            rewards, mask = parallel.gather(rewards), parallel.gather(mask)
+            finished = parallel.gather([r.finish_reason for r in rollouts])
+            lengths = parallel.gather([len(r.token_ids) for r in rollouts])
+            self._log_rank(information, rho, grad_norm)
+        else:
+            finished = [r.finish_reason for r in rollouts]
+            lengths = [len(r.token_ids) for r in rollouts]
         groups = [rewards[g * n:(g + 1) * n] for g in range(P)]
         ratio = lambda key: totals[key + "_num"] / totals[key + "_den"] if totals[key + "_den"] else 0.0  # noqa: E731
         seconds = dict(timer.seconds)
@@ -362,13 +388,36 @@ class Trainer:
             "groups_with_success": float(np.mean([max(g) == 1.0 for g in groups])),
             "teacher_fraction": float(np.mean(mask)), "response_length_mean": float(np.mean(lengths)),
             "response_length_max": int(max(lengths)),
-            "truncated_fraction": float(np.mean([r.finish_reason == "length" for r in rollouts])),
+            "truncated_fraction": float(np.mean([f == "length" for f in finished])),
             "kl_teacher_student": ratio("kl"), "jsd_teacher_student": ratio("jsd"), "entropy": ratio("entropy"),
             "logprob_gap_mean": totals["lp_gap_sum"] / max(totals["tokens"], 1.0), "logprob_gap_max": totals["lp_gap_max"],
             "tokens_per_s_generated": sum(lengths) / max(seconds.get("rollout", 0.0), 1e-9),
             "tokens_per_s_trained": totals["tokens"] / max(seconds.get("train", 0.0), 1e-9),
             **{f"seconds_{k}": v for k, v in seconds.items()}, "peak_memory_gb": peak_memory_gb(self.device),
         }
+
+    def _log_rank(self, information: float, rho: float, grad_norm: float) -> None:
+        """Each rank's own I, ρ and grad norm (they must agree: FSDP shards drift apart otherwise)."""
+        path = self.run_dir / "ranks" / f"rank{self.rank}.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps({"step": self.state.step, "information": information, "rho": rho,
+                                "grad_norm": grad_norm}) + "\n")
+
+    def export(self, name: str = "final") -> Path | None:
+        """Consolidated weights in the transformers format (rank 0 writes; every rank must call)."""
+        path = self.run_dir / name
+        if self.world == 1:
+            self.model.save_pretrained(path)
+        else:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if self.rank == 0:
+                self.model.save_pretrained(path, state_dict=full)
+        if self.rank == 0:
+            self.tokenizer.save_pretrained(path)
+        return path
 
     # -- validation ---------------------------------------------------------------------------
 
@@ -386,10 +435,12 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
 
     def train(self) -> Path:
-        c = self.config
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(c.to_dict(), sort_keys=False))
-        bar = tqdm(total=c.train.steps, initial=self.state.step, desc=self.run_dir.name, disable=not self.progress)
-        with self.metrics_path.open("a") as log:
+        c, lead = self.config, self.rank == 0  # rank 0 writes the run's files
+        if lead:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(c.to_dict(), sort_keys=False))
+        bar = tqdm(total=c.train.steps, initial=self.state.step, desc=self.run_dir.name,
+                   disable=not (self.progress and lead))
+        with (self.metrics_path.open("a") if lead else open(os.devnull, "w")) as log:
             while self.state.step < c.train.steps:
                 row = self.step()
                 if c.train.eval_every and (self.state.step % c.train.eval_every == 0 or self.state.step == c.train.steps):
@@ -403,7 +454,10 @@ class Trainer:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 if row.get("val_best"):
-                    self.save("best", mark_latest=False)
+                    if self.world == 1:
+                        self.save("best", mark_latest=False)
+                    else:
+                        self.export("checkpoints/best")
                 if c.train.checkpoint_every and (self.state.step % c.train.checkpoint_every == 0
                                                  or self.state.step == c.train.steps):
                     self.save()
@@ -411,6 +465,9 @@ class Trainer:
                 bar.set_postfix(reward=f"{row['reward_mean']:.2f}", I=f"{row['information']:.3f}",
                                 rho=f"{row['rho']:.2f}", loss=f"{row['loss']:.4f}")
         bar.close()
+        self.export("final")  # consolidated weights, loadable by from_pretrained (and vLLM)
+        if not lead:
+            return self.run_dir
         summary = {"steps": self.state.step, "skipped": self.state.skipped_total,
                    "nonfinite_information": self.state.nonfinite_information_total,
                    "best_val_mean_at_k": self.state.best_val, "best_step": self.state.best_step,

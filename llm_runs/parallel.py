@@ -1,0 +1,65 @@
+"""Data parallelism with FSDP2 (`torchrun --nproc_per_node N -m llm_runs train …`); one process is the
+degenerate case, so the trainer has a single code path.
+
+- `init()` starts the process group from torchrun's environment (NCCL on GPUs, gloo on CPUs);
+- `shard(model)` applies `fully_shard` to every decoder layer and to the root; on GPUs, bf16 compute
+  with fp32 gradient reduction;
+- `gather(values)` concatenates per-rank lists on every rank (for metrics).
+
+FSDP2 averages gradients over ranks; the trainer scales its loss by the world size so that the
+reduced gradient is that of the global batch's loss.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); initialises the default group when launched by torchrun with WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def shard(model: torch.nn.Module, device: torch.device, reshard_after_forward: bool = True) -> torch.nn.Module:
+    """`fully_shard` per decoder layer and at the root (a no-op with one process)."""
+    if world_size() == 1:
+        return model
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" \
+        else MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+def gather(values: list) -> list:
+    """Every rank's list, concatenated in rank order, on every rank."""
+    if world_size() == 1:
+        return list(values)
+    out = [None] * world_size()
+    dist.all_gather_object(out, list(values))
+    return [v for part in out for v in part]
+
+
+def as_float(value) -> float:
+    """A scalar tensor, DTensor (replicated) or number, as a Python float."""
+    if hasattr(value, "full_tensor"):
+        value = value.full_tensor()
+    return float(value)
