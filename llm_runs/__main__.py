@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def _train(args) -> int:
             raise ConfigError("train needs --config PATH (or --resume RUN_DIR)")
         config = load(args.config, args.overrides)
         run_dir = Path(config.train.output_dir) / run_name(config, args.config)
-        if (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size:
+        rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 may already have started the file
+        if rank0 and (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size:
             raise ConfigError(f"{run_dir} already holds a run: use --resume {run_dir}, or set train.run_name")
         trainer = Trainer(config, run_dir, progress=not args.no_progress)
     run_dir = trainer.train()

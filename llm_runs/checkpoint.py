@@ -75,3 +75,73 @@ def latest(run_dir: Path) -> Path | None:
         return None
     path = pointer.parent / pointer.read_text().strip()
     return path if (path / "trainer_state.pt").exists() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# several processes: torch.distributed.checkpoint, each rank writing its own shards
+
+
+def save_sharded(run_dir: Path, name: str, model, optimizer, teacher_model, state: dict, rank: int,
+                 keep: int | None = 1) -> Path:
+    """model + optimizer + teacher as DCP shards, `state` (rank 0's) and every rank's RNG states; atomic.
+
+    Every rank must call it. Resumes on the same number of processes.
+    """
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    root = Path(run_dir) / "checkpoints"
+    final, tmp = root / name, root / f".tmp-{name}"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    dist.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    shards = {"model": model_state, "optimizer": optim_state}
+    if teacher_model is not None:
+        shards["teacher"] = get_model_state_dict(teacher_model)
+    dcp.save(shards, checkpoint_id=str(tmp / "dcp"))
+    torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+    if rank == 0:
+        torch.save({**state, "world_size": dist.get_world_size()}, tmp / "trainer_state.pt")
+    dist.barrier()
+    if rank == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_text_atomic(root / "latest", name)
+        if keep is not None:
+            for stale in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+                shutil.rmtree(stale)
+    dist.barrier()
+    return final
+
+
+def load_sharded(path: Path, model, optimizer, teacher_model, rank: int) -> dict:
+    """Fill model, optimizer and teacher from the DCP shards and restore this rank's RNG; returns rank 0's state."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
+                                                         set_state_dict)
+
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    if state.get("world_size") != dist.get_world_size():
+        raise ValueError(f"checkpoint {path} was written by {state.get('world_size')} processes; "
+                         f"resume it with the same number (this run has {dist.get_world_size()})")
+    model_state, optim_state = get_state_dict(model, optimizer)
+    shards = {"model": model_state, "optimizer": optim_state}
+    if teacher_model is not None:
+        shards["teacher"] = get_model_state_dict(teacher_model)
+    dcp.load(shards, checkpoint_id=str(path / "dcp"))
+    set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
+    if teacher_model is not None:
+        set_model_state_dict(teacher_model, shards["teacher"])
+    set_rng_state(torch.load(path / f"rng-rank{rank}.pt", weights_only=False))
+    return state
+
+
+def is_sharded(path: Path) -> bool:
+    return (Path(path) / "dcp").is_dir()

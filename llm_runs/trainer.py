@@ -188,9 +188,6 @@ class Trainer:
         if config.rollout.prompts_per_step % self.world:
             raise ConfigError(f"rollout.prompts_per_step = {config.rollout.prompts_per_step} must be a multiple of "
                               f"the {self.world} processes (each takes an equal share of the global batch)")
-        if self.world > 1 and config.train.checkpoint_every:
-            raise ConfigError("train.checkpoint_every: sharded checkpoints of a multi-process run are not in this "
-                              "version; set train.checkpoint_every=0 (the final weights are still exported)")
         seed_everything(config.train.seed)
         self.train_examples = load_examples(config, "train")
         self.test_examples = load_examples(config, "test")
@@ -250,6 +247,12 @@ class Trainer:
         """A resumable step checkpoint; `mark_latest=False` ("best") keeps the weights and the run record only
         (the optimizer state of an 8B model is ~65 GiB, and "best" is for evaluation, not for resuming)."""
         self.state.metrics_offset = self.metrics_path.stat().st_size if self.metrics_path.exists() else 0
+        if self.world > 1:  # sharded (torch.distributed.checkpoint); "best" is a consolidated export instead
+            small = {"scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                     "run": self.state.__dict__.copy()}
+            return checkpoint.save_sharded(self.run_dir, name or f"step-{self.state.step:06d}", self.model,
+                                           self.optimizer, self.teacher.model, small, self.rank,
+                                           keep=self.config.train.keep_checkpoints)
         state = self.trainer_state() if mark_latest else {"run": self.state.__dict__.copy()}
         return checkpoint.save(self.run_dir, name or f"step-{self.state.step:06d}", self.model, self.tokenizer,
                                state, keep=self.config.train.keep_checkpoints, mark_latest=mark_latest)
@@ -258,6 +261,15 @@ class Trainer:
         path = checkpoint.latest(self.run_dir)
         if path is None:
             return False
+        if checkpoint.is_sharded(path) or self.world > 1:
+            state = checkpoint.load_sharded(path, self.model, self.optimizer, self.teacher.model, self.rank)
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.sampler.load_state_dict(state["sampler"])
+            self.state = RunState(**state["run"])
+            if self.rank == 0:
+                with self.metrics_path.open("r+b") as f:
+                    f.truncate(self.state.metrics_offset)
+            return True
         from safetensors.torch import load_file
 
         weights = {}

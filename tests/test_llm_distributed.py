@@ -18,11 +18,14 @@ NUMERIC = ("information", "rho", "loss", "grad_norm", "kl_teacher_student", "jsd
 EXACT = ("step", "reward_mean", "teacher_fraction", "response_length_mean", "response_length_max", "skipped")
 
 
-def _train(tmp_path, name, processes):
-    args = ["-m", "llm_runs", "train", "--config", str(TINY), "--no-progress", f"train.run_name={name}",
-            f"model.path={tmp_path / 'model'}", "model.tiny=false", f"train.output_dir={tmp_path}", "train.steps=3",
-            "train.checkpoint_every=0", "train.eval_every=0", f"data.train={FIXTURES / 'train.jsonl'}",
-            f"data.test={FIXTURES / 'test.jsonl'}"]
+def _train(tmp_path, name, processes, *overrides, resume=False):
+    if resume:
+        args = ["-m", "llm_runs", "train", "--resume", str(tmp_path / name), "--no-progress", *overrides]
+    else:
+        args = ["-m", "llm_runs", "train", "--config", str(TINY), "--no-progress", f"train.run_name={name}",
+                f"model.path={tmp_path / 'model'}", "model.tiny=false", f"train.output_dir={tmp_path}", "train.steps=3",
+                "train.checkpoint_every=0", "train.eval_every=0", f"data.train={FIXTURES / 'train.jsonl'}",
+                f"data.test={FIXTURES / 'test.jsonl'}", *overrides]
     if processes > 1:
         args = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
@@ -53,3 +56,22 @@ def test_two_fsdp2_processes_match_one_process(tiny_model_dir, tmp_path):
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
     moved = max((w1[k] - load_file(tiny_model_dir / "model.safetensors")[k]).abs().max().item() for k in w1)
     assert moved > 1e-3  # the runs trained
+
+
+def _rows(run):
+    timing = ("seconds_", "tokens_per_s", "peak_memory")
+    return [{k: v for k, v in json.loads(x).items() if not k.startswith(timing)}
+            for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_two_process_resume_continues_identically(tiny_model_dir, tmp_path):
+    """Sharded checkpoints (torch.distributed.checkpoint) at step 2 of 4, resumed by 2 processes."""
+    (tmp_path / "model").symlink_to(tiny_model_dir, target_is_directory=True)
+    full = _train(tmp_path, "full", 2, "train.steps=4", "train.checkpoint_every=2")
+    _train(tmp_path, "half", 2, "train.steps=2", "train.checkpoint_every=2")
+    assert (tmp_path / "half" / "checkpoints" / "step-000002" / "dcp").is_dir()
+    half = _train(tmp_path, "half", 2, "train.steps=4", resume=True)
+    assert _rows(full) == _rows(half)
+    w1, w2 = load_file(full / "final" / "model.safetensors"), load_file(half / "final" / "model.safetensors")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
