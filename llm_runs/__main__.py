@@ -68,6 +68,14 @@ def _bench(args) -> int:
     return 0
 
 
+def _smoke(args) -> int:
+    from llm_runs.smoke import report, run
+
+    print(report(run(args.shape, args.layers, args.steps, args.engine, args.prompts, args.samples, args.response_tokens,
+                     args.micro_batch, args.dtype, args.teacher, args.device, tuple(args.overrides))))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llm_runs", description="SDPO and PGPO training of LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,9 +95,22 @@ def main(argv=None) -> int:
     bench.add_argument("--steps", type=int, default=5, help="timed steps per run (after one warm-up step)")
     bench.add_argument("--repeats", type=int, default=5, help="fresh runs per method")
     bench.add_argument("overrides", nargs="*", help="section.key=value")
+    smoke = sub.add_parser("smoke", help="full steps on a random model of the real shape (no weights needed)")
+    smoke.add_argument("--shape", default="qwen3-8b", choices=["qwen3-8b", "tiny"])
+    smoke.add_argument("--layers", type=int, help="keep the first K decoder layers (default: all)")
+    smoke.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
+    smoke.add_argument("--engine", default="hf", choices=["hf", "vllm"])
+    smoke.add_argument("--prompts", type=int, default=2)
+    smoke.add_argument("--samples", type=int, default=2)
+    smoke.add_argument("--response-tokens", type=int, default=128)
+    smoke.add_argument("--micro-batch", type=int, default=2)
+    smoke.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    smoke.add_argument("--teacher", default="live", choices=["live", "ema", "frozen"])
+    smoke.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    smoke.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "bench": _bench}[args.command](args)
+        return {"train": _train, "eval": _eval, "bench": _bench, "smoke": _smoke}[args.command](args)
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")
 

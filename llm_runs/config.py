@@ -24,6 +24,7 @@ class ModelConfig:
     path: str = "Qwen/Qwen3-8B"  # a local directory (config + weights + tokenizer) or a hub id
     dtype: str = "bfloat16"  # the trained weights' dtype: float32 | bfloat16 | float16
     tiny: bool = False  # build a tiny random Qwen3 and train a byte-level tokenizer locally (nothing downloaded)
+    random_init: bool = False  # build the architecture of `path`'s config.json with random weights (no weights read)
     tiny_shape: dict = field(default_factory=lambda: {"hidden_size": 64, "num_hidden_layers": 2,
                                                       "num_attention_heads": 4, "num_key_value_heads": 2,
                                                       "head_dim": 16, "intermediate_size": 128})

@@ -77,11 +77,14 @@ def model_source(config: RunConfig, run_dir: Path, corpus: list[str]) -> str:
     return config.model.path  # a hub id: from_pretrained downloads it (users with internet)
 
 
-def load_model(source: str, dtype: torch.dtype, device: torch.device):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model(source: str, dtype: torch.dtype, device: torch.device, random_init: bool = False):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
+        if random_init:  # the shape without the weights, initialised where it will run
+            with torch.device(device):
+                return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=dtype), tokenizer
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except OSError as err:
         raise ConfigError(f"model.path {source!r}: could not load a model and tokenizer ({err})") from None
@@ -193,7 +196,8 @@ class Trainer:
         self.test_examples = load_examples(config, "test")
         corpus = [e.prompt for e in self.train_examples + self.test_examples]
         self.source = model_source(config, self.run_dir, corpus)
-        self.model, self.tokenizer = load_model(self.source, DTYPES[config.model.dtype], self.device)
+        self.model, self.tokenizer = load_model(self.source, DTYPES[config.model.dtype], self.device,
+                                                config.model.random_init)
         if config.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.model.train()

@@ -188,3 +188,26 @@ def test_sibling_rule_in_the_loop_with_lone_successes(tiny_model_dir, tmp_path, 
     row = t.step()
     assert row["reward_mean"] == 0.25 and row["groups_with_success"] == 1.0
     assert row["teacher_fraction"] == 0.75 and row["loss"] > 0 and row["information"] > 0
+
+
+def test_smoke_runs_full_steps_on_a_random_model_of_a_given_shape():
+    from llm_runs.smoke import SHAPES, run
+
+    result = run("tiny", steps=1, response_tokens=8, dtype="float32", device="cpu")
+    spec = SHAPES["tiny"]
+    per_layer = (spec["hidden_size"] * spec["head_dim"] * (2 * spec["num_attention_heads"] + 2 * spec["num_key_value_heads"])
+                 + 3 * spec["hidden_size"] * spec["intermediate_size"] + 2 * spec["hidden_size"] + 2 * spec["head_dim"])
+    expected = 2 * spec["vocab_size"] * spec["hidden_size"] + spec["num_hidden_layers"] * per_layer + spec["hidden_size"]
+    assert result["parameters"] == expected  # the shape arithmetic of an untied Qwen3
+    assert result["tokens_per_s_generated"] > 0 and result["seconds_train"] > 0 and result["loss"] > 0
+
+
+def test_qwen3_8b_shape_has_the_published_parameter_count():
+    """8,190,735,360 (LLM_RUNS.md), from the config alone: meta tensors, nothing allocated."""
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    from llm_runs.smoke import SHAPES
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(Qwen3Config(**SHAPES["qwen3-8b"]))
+    assert sum(p.numel() for p in model.parameters()) == 8_190_735_360
