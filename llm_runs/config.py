@@ -29,6 +29,10 @@ class ModelConfig:
                                                       "num_attention_heads": 4, "num_key_value_heads": 2,
                                                       "head_dim": 16, "intermediate_size": 128})
     gradient_checkpointing: bool = False
+    lora_rank: int | None = None  # None: full fine-tuning; r: LoRA adapters (the one-GPU option, `lora` extra)
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "all-linear"  # peft target_modules: "all-linear" or a comma-separated list
     enable_thinking: bool = False  # Qwen3 chat template: thinking disabled (METHOD.md §1)
 
 
@@ -144,7 +148,7 @@ RANGES = {  # key: (lower, upper), inclusive
     "loss.beta": (0.0, 1.0), "teacher.ema_tau": (0.0, 1.0), "pgpo.alpha": (0.0, None), "pgpo.rho_max": (1.0, None),
     "optim.lr": (0.0, None), "optim.weight_decay": (0.0, None), "optim.clip_norm": (0.0, None),
     "rollout.prompts_per_step": (1, None), "rollout.samples_per_prompt": (1, None), "rollout.max_new_tokens": (1, None),
-    "loss.micro_batch_size": (1, None), "loss.topk": (1, None), "train.steps": (0, None), "eval.samples": (1, None),
+    "loss.micro_batch_size": (1, None), "loss.topk": (1, None), "model.lora_rank": (1, None), "train.steps": (0, None), "eval.samples": (1, None),
     "train.eval_every": (0, None), "train.checkpoint_every": (0, None), "loss.is_cap": (0.0, None),
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+from contextlib import contextmanager
 
 import torch
 
@@ -65,6 +66,11 @@ class TeacherWeights:
     def network(self) -> torch.nn.Module:
         return self.student if self.model is None else self.model
 
+    @contextmanager
+    def forward(self):
+        """The network to run the teacher's forward with (under no_grad, by the caller)."""
+        yield self.network
+
     @torch.no_grad()
     def update(self) -> None:
         if self.kind != "ema":
@@ -78,3 +84,53 @@ class TeacherWeights:
     def load_state_dict(self, state: dict) -> None:
         if self.model is not None:
             self.model.load_state_dict(state)
+
+
+class AdapterTeacher:
+    """The teacher of a LoRA run: the same network with other adapter weights, so it costs no second model.
+
+    "live": the adapter as it is; "frozen": the adapter switched off (the base model); "ema": an fp32
+    exponential moving average of the adapter's weights, swapped in for the teacher's forward.
+    """
+
+    def __init__(self, student: torch.nn.Module, kind: str = "ema", tau: float = 0.05):
+        if kind not in ("ema", "live", "frozen"):
+            raise ValueError(f"teacher kind must be ema, live or frozen, got {kind!r}")
+        self.kind, self.tau, self.student, self.model = kind, tau, student, None
+        self.adapter = {n: p for n, p in student.named_parameters() if p.requires_grad}
+        self.average = {n: p.detach().float().clone() for n, p in self.adapter.items()} if kind == "ema" else {}
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.student
+
+    @contextmanager
+    def forward(self):
+        if self.kind == "frozen":
+            with self.student.disable_adapter():
+                yield self.student
+        elif self.kind == "live":
+            yield self.student
+        else:
+            saved = {n: p.detach().clone() for n, p in self.adapter.items()}
+            with torch.no_grad():
+                for n, p in self.adapter.items():
+                    p.copy_(self.average[n])
+            try:
+                yield self.student
+            finally:
+                with torch.no_grad():
+                    for n, p in self.adapter.items():
+                        p.copy_(saved[n])
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for n, p in self.adapter.items() if self.kind == "ema" else ():
+            self.average[n].lerp_(p.detach().float(), self.tau)
+
+    def state_dict(self) -> dict:
+        return {n: t.cpu().clone() for n, t in self.average.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for n, t in state.items():
+            self.average[n].copy_(t)

@@ -34,7 +34,7 @@ from llm_runs.evaluate import evaluate
 from llm_runs.loss import importance_weights, self_distillation_loss
 from llm_runs.reward import score
 from llm_runs.rollout import HFEngine, Sampling
-from llm_runs.teacher import TeacherWeights, demonstrations
+from llm_runs.teacher import AdapterTeacher, TeacherWeights, demonstrations
 from pgpo import Multiplier, global_information, modulated_step
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -89,6 +89,18 @@ def load_model(source: str, dtype: torch.dtype, device: torch.device, random_ini
     except OSError as err:
         raise ConfigError(f"model.path {source!r}: could not load a model and tokenizer ({err})") from None
     return model.to(device), tokenizer
+
+
+def attach_lora(model, m):
+    """Wrap `model` with LoRA adapters (peft); only the adapters train."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ConfigError("model.lora_rank needs peft: pip install -e '.[lora]'") from err
+    targets = m.lora_targets if m.lora_targets == "all-linear" else [t.strip() for t in m.lora_targets.split(",")]
+    config = LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=targets,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
 
 
 def load_examples(config: RunConfig, split: str):
@@ -203,12 +215,20 @@ class Trainer:
         self.model.train()
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.prompt_ids = self._tokenize_prompts()
-        self.teacher = TeacherWeights(self.model, config.teacher.kind, config.teacher.ema_tau)  # copied unsharded
+        if config.model.lora_rank:
+            if self.world > 1:
+                raise ConfigError("model.lora_rank: LoRA is the one-GPU option; with several processes use full "
+                                  "fine-tuning (FSDP2)")
+            self.model = attach_lora(self.model, config.model)
+            self.teacher = AdapterTeacher(self.model, config.teacher.kind, config.teacher.ema_tau)
+        else:
+            self.teacher = TeacherWeights(self.model, config.teacher.kind, config.teacher.ema_tau)  # copied unsharded
         parallel.shard(self.model, self.device)
         if self.teacher.model is not None:
             parallel.shard(self.teacher.model, self.device)  # the EMA teacher sharded the same way
         o = config.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                            weight_decay=o.weight_decay)
         warmup = max(1, o.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: min(1.0, (k + 1) / warmup))
@@ -276,12 +296,20 @@ class Trainer:
             return True
         from safetensors.torch import load_file
 
+        if self.config.model.lora_rank:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.model, load_file(path / "adapter_model.safetensors", device=str(self.device)))
+            return self._resume_rest(path)
         weights = {}
         for shard in sorted(path.glob("*.safetensors")):
             weights.update(load_file(shard, device=str(self.device)))
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
             raise RuntimeError(f"checkpoint {path}: missing {missing}, unexpected {unexpected}")
+        return self._resume_rest(path)
+
+    def _resume_rest(self, path: Path) -> bool:
         state = torch.load(path / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -336,8 +364,8 @@ class Trainer:
                                mask[part], self.pad)
             batch = Batch(*(t.to(self.device) for t in batch.__dict__.values()))
             length = batch.response_ids.shape[1]
-            with timer("teacher"), torch.no_grad():
-                teacher_logits = response_logits(self.teacher.network, batch.teacher_ids, batch.teacher_attention, length)
+            with timer("teacher"), torch.no_grad(), self.teacher.forward() as network:
+                teacher_logits = response_logits(network, batch.teacher_ids, batch.teacher_attention, length)
             with timer("train"):
                 student_logits = response_logits(self.model, batch.student_ids, batch.student_attention, length)
                 trainer_logprobs = torch.log_softmax(student_logits.detach().float(), -1).gather(

@@ -211,3 +211,51 @@ def test_qwen3_8b_shape_has_the_published_parameter_count():
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(Qwen3Config(**SHAPES["qwen3-8b"]))
     assert sum(p.numel() for p in model.parameters()) == 8_190_735_360
+
+
+def test_lora_trains_only_the_adapters_and_resumes_identically(tiny_model_dir, tmp_path):
+    pytest.importorskip("peft")
+    lora = ("model.lora_rank=4", "train.checkpoint_every=2", "train.eval_every=2", "eval.samples=2")
+    t = Trainer(config(tiny_model_dir, tmp_path, *lora, "train.steps=4"), tmp_path / "probe", progress=False)
+    before = weights(t.model)
+    adapters = {n for n, p in t.model.named_parameters() if p.requires_grad}
+    assert adapters and all("lora_" in n for n in adapters)
+    t.step()
+    after = weights(t.model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {n for n in adapters}  # every adapter moved, no base weight did
+    t = Trainer(config(tiny_model_dir, tmp_path, *lora, "train.steps=4"), tmp_path / "full", progress=False)
+    t.train()
+    half = Trainer(config(tiny_model_dir, tmp_path, *lora, "train.steps=2"), tmp_path / "half", progress=False)
+    half.train()
+    resumed = Trainer(config(tiny_model_dir, tmp_path, *lora, "train.steps=4"), tmp_path / "half", progress=False)
+    assert resumed.resume()
+    resumed.train()
+    assert run_rows(tmp_path / "full" / "metrics.jsonl") == run_rows(tmp_path / "half" / "metrics.jsonl")
+    a, b = weights(t.model), weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "half" / "final" / "adapter_model.safetensors").exists()
+
+
+def test_lora_teachers(tiny_model_dir, tmp_path):
+    """frozen = the base model (adapter off); ema = averaged adapter swapped in, and swapped back after."""
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[5, 17, 42, 9, 3]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(input_ids=ids).logits
+    runs = {}
+    for kind in ("frozen", "ema", "live"):
+        t = Trainer(config(tiny_model_dir, tmp_path, "model.lora_rank=4", f"teacher.kind={kind}"), tmp_path / kind,
+                    progress=False)
+        t.step()
+        t.step()
+        student = weights(t.model)
+        with torch.no_grad(), t.teacher.forward() as network:
+            runs[kind] = network(input_ids=ids).logits
+        assert all(torch.equal(v, student[k]) for k, v in t.model.state_dict().items())  # student restored
+        with torch.no_grad():
+            runs[kind + "-student"] = t.model(input_ids=ids).logits
+    torch.testing.assert_close(runs["frozen"], base)
+    assert torch.equal(runs["live"], runs["live-student"])
+    assert not torch.allclose(runs["ema"], runs["ema-student"]) and not torch.allclose(runs["ema"], base)
