@@ -55,6 +55,7 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 8192
     gpu_memory_utilization: float = 0.5  # vllm only
+    logprob_gap_alarm: float = 0.05  # warn when the mean |log π_sampler − log π_trainer| per token exceeds this
 
 
 @dataclass

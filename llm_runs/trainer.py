@@ -234,14 +234,26 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: min(1.0, (k + 1) / warmup))
         p = config.pgpo
         self.multiplier = Multiplier(p.alpha, p.rho_max, form=p.form) if p.enabled else None
-        if config.rollout.engine != "hf":
-            raise ConfigError("rollout.engine=vllm: the vLLM engine is not in this version yet; run with "
-                              "rollout.engine=hf (transformers generate)")
-        self.engine = HFEngine(self.model, self.tokenizer, batch_size=config.rollout.prompts_per_step
-                               * config.rollout.samples_per_prompt)
+        self.engine = self._engine()
         self.sampler = PromptSampler(len(self.train_examples), config.train.seed)
         self.state = RunState()
         self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    def _engine(self):
+        c = self.config
+        if c.rollout.engine == "hf":
+            return HFEngine(self.model, self.tokenizer, batch_size=c.rollout.prompts_per_step * c.rollout.samples_per_prompt)
+        if c.model.lora_rank:
+            raise ConfigError("rollout.engine=vllm with model.lora_rank: pushing adapters to vLLM is not supported; "
+                              "use rollout.engine=hf")
+        if self.device.type != "cuda":
+            raise ConfigError("rollout.engine=vllm needs a CUDA device; on a CPU use rollout.engine=hf")
+        from llm_runs.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(self.source, seed=c.train.seed + self.rank, gpu_memory_utilization=c.rollout.gpu_memory_utilization,
+                            max_model_len=c.data.max_prompt_tokens + c.rollout.max_new_tokens, distributed=self.world > 1)
+        engine.sleep()  # the trainer's turn first
+        return engine
 
     def _tokenize_prompts(self) -> list[list[int]]:
         limit = self.config.data.max_prompt_tokens
@@ -336,8 +348,10 @@ class Trainer:
         seeds = [int(np.random.SeedSequence([c.train.seed, self.state.step, i]).generate_state(1)[0]) for i in mine]
 
         with timer("rollout"):
+            self.engine.wake()
             rollouts = self.engine.generate(prompts, n, Sampling(c.rollout.temperature, c.rollout.top_p,
                                                                  c.rollout.max_new_tokens), seeds=seeds)
+            self.engine.sleep()  # give the memory back to training (vLLM's sleep mode; a no-op for hf)
         with timer("reward"):
             texts = self.tokenizer.batch_decode([r.token_ids for r in rollouts], skip_special_tokens=True)
             rewards = [score(t, examples[r.prompt_index].answer, c.data.template) for t, r in zip(texts, rollouts)]
@@ -423,6 +437,11 @@ class Trainer:
             lengths = [len(r.token_ids) for r in rollouts]
         groups = [rewards[g * n:(g + 1) * n] for g in range(P)]
         ratio = lambda key: totals[key + "_num"] / totals[key + "_den"] if totals[key + "_den"] else 0.0  # noqa: E731
+        gap = totals["lp_gap_sum"] / max(totals["tokens"], 1.0)
+        alarm = gap > c.rollout.logprob_gap_alarm  # the engine sampled with weights the trainer does not have
+        if alarm and self.rank == 0:
+            tqdm.write(f"step {self.state.step}: sampler-vs-trainer log-prob gap {gap:.3g} > "
+                       f"{c.rollout.logprob_gap_alarm:g}: are the engine's weights stale?")
         seconds = dict(timer.seconds)
         return {
             "step": self.state.step, "epoch": epoch, "lr": lr, "effective_lr": lr * rho, "information": information,
@@ -434,7 +453,7 @@ class Trainer:
             "response_length_max": int(max(lengths)),
             "truncated_fraction": float(np.mean([f == "length" for f in finished])),
             "kl_teacher_student": ratio("kl"), "jsd_teacher_student": ratio("jsd"), "entropy": ratio("entropy"),
-            "logprob_gap_mean": totals["lp_gap_sum"] / max(totals["tokens"], 1.0), "logprob_gap_max": totals["lp_gap_max"],
+            "logprob_gap_mean": gap, "logprob_gap_max": totals["lp_gap_max"], "logprob_gap_alarm": int(alarm),
             "tokens_per_s_generated": sum(lengths) / max(seconds.get("rollout", 0.0), 1e-9),
             "tokens_per_s_trained": totals["tokens"] / max(seconds.get("train", 0.0), 1e-9),
             **{f"seconds_{k}": v for k, v in seconds.items()}, "peak_memory_gb": peak_memory_gb(self.device),
@@ -470,7 +489,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(c.train.seed + 1_000_003 * self.state.step)  # eval never shifts training's randomness
             result = evaluate(self.model, self.tokenizer, self.test_examples, c.data.template, c.eval,
-                              c.model.enable_thinking)
+                              c.model.enable_thinking, engine=None if c.rollout.engine == "hf" else self.engine)
+        self.engine.sleep()
         path = self.run_dir / "eval" / f"step-{self.state.step:06d}.json"
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
