@@ -167,12 +167,12 @@ PROCESSES = [("SGD", None, "scaled"), ("PGPO, scaled SDE", "smooth", "scaled"), 
 
 
 def _weak_error_data(quick: bool) -> dict:
-    paths = 500 if quick else 4000
+    paths = 300 if quick else 4000
     panels = []
     for name, kwargs, horizon, test_fn in tqdm(PANELS, desc="weak error panels", leave=False):
         problem = problems.get(name, **kwargs)
         first = 2 if problem.lambda_max is None else max(2, int(np.ceil(np.log2(2.0 * 2.0 * problem.lambda_max))))
-        etas = [2.0**-j for j in range(first, first + 5)]
+        etas = [2.0**-j for j in range(first, first + (4 if quick else 5))]  # the finest rung costs most
         series = []
         for label, form, sde in PROCESSES:
             multiplier = None if form is None else Multiplier(2.0, 2.0, form=form)
@@ -217,8 +217,8 @@ Q1D = dict(hessian=(2.0,), x0=(1.5,), noise_scale=0.5)  # SDE_LAB.md's 1-D PGPO 
 
 def _order_two_data(quick: bool) -> dict:
     problem = problems.quadratic(**Q1D)
-    etas = [2.0**-j for j in range(2, 7 if quick else 8)]
-    paths = 4000 if quick else 16000
+    etas = [2.0**-j for j in range(2, 6 if quick else 8)]
+    paths = 2000 if quick else 16000
     smooth = Multiplier(2.0, 2.0, form="smooth")
     runs = [("SGD vs SME-2", None, "scaled", 2), ("PGPO vs SME-1 (scaled)", smooth, "scaled", 1),
             ("PGPO vs SME-2 (scaled)", smooth, "scaled", 2), ("PGPO vs SME-2 drift, paper's diffusion", smooth, "paper", 2)]
@@ -294,8 +294,8 @@ def _minibatch_draw(data: dict):
 
 def _caps_data(quick: bool) -> dict:
     problem = problems.quadratic(**Q1D)
-    etas = [2.0**-j for j in range(2, 7 if quick else 8)]
-    paths = 2000 if quick else 8000
+    etas = [2.0**-j for j in range(2, 6 if quick else 8)]
+    paths = 1000 if quick else 8000
     caps = {"hard": Multiplier(2.0, 2.0, form="linear"), "smooth": Multiplier(2.0, 2.0, form="smooth")}
     series = []
     for (cap, multiplier), order in tqdm([(c, o) for c in caps.items() for o in (1, 2)], desc="cap ladders", leave=False):
@@ -338,7 +338,7 @@ def _caps_draw(data: dict):
 
 def _density_data(quick: bool) -> dict:
     problem = problems.double_well(sigma=2.0)
-    horizon, paths, cells = 2.0, (50_000 if quick else 400_000), (500 if quick else 1400)
+    horizon, paths, cells = 2.0, (20_000 if quick else 400_000), (500 if quick else 1400)
     lo, hi, bins = -3.5, 3.5, 140
     smooth = Multiplier(2.0, 2.0, form="smooth")
     edges = np.linspace(lo, hi, bins + 1)
