@@ -155,7 +155,8 @@ def make_batch(prompts: list[list[int]], teacher_prompts: list[list[int]], respo
 def response_logits(model, ids: torch.Tensor, attention: torch.Tensor, length: int) -> torch.Tensor:
     """Logits predicting the last `length` tokens: (b, L) → (b, length, V), via logits_to_keep."""
     positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
-    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=length + 1)
+    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=length + 1,
+                use_cache=False)  # a single pass: a KV cache would only cost memory
     return out.logits[:, :-1]
 
 
