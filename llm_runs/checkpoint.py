@@ -128,9 +128,10 @@ def load_sharded(path: Path, model, optimizer, teacher_model, rank: int) -> dict
                                                          set_state_dict)
 
     state = torch.load(path / "trainer_state.pt", weights_only=False)
-    if state.get("world_size") != dist.get_world_size():
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if state.get("world_size") != world:
         raise ValueError(f"checkpoint {path} was written by {state.get('world_size')} processes; "
-                         f"resume it with the same number (this run has {dist.get_world_size()})")
+                         f"resume it with the same number (this run has {world})")
     model_state, optim_state = get_state_dict(model, optimizer)
     shards = {"model": model_state, "optimizer": optim_state}
     if teacher_model is not None:

@@ -76,3 +76,10 @@ def test_two_process_resume_continues_identically(tiny_model_dir, tmp_path):
     assert _rows(full) == _rows(half)
     w1, w2 = load_file(full / "final" / "model.safetensors"), load_file(half / "final" / "model.safetensors")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    # one process cannot take over a 2-process checkpoint: said plainly
+    from llm_runs.config import load
+    from llm_runs.trainer import Trainer
+
+    lone = Trainer(load(half / "config.yaml"), half, progress=False)
+    with pytest.raises(ValueError, match="written by 2 processes; resume it with the same number"):
+        lone.resume()
