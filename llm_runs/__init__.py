@@ -1,6 +1,12 @@
 """llm_runs — SDPO and PGPO training of Qwen3 on Science Q&A (GPU), and of a tiny model on a CPU.
 
-Not built yet: the training loop arrives with the llm_runs issue. It will use `pgpo.information`
-(the signal from the forwards the loss already runs), `pgpo.generalized_jsd` (the loss),
-`pgpo.all_reduce_information` and `pgpo.modulated_step`.
+    python -m llm_runs train --config llm_runs/configs/tiny_cpu.yaml
+
+- `config`      the run's settings (the paper's defaults), YAML + `section.key=value` overrides;
+- `data`        split files, the two prompt templates, the seeded prompt sampler;
+- `reward`      the 0/1 answer check;  `teacher`  SDPO's teacher contexts and the EMA / live / frozen weights;
+- `loss`        the self-distillation loss and the information signal I (via `pgpo.information`);
+- `rollout`     the engine interface and the transformers engine;  `vllm_engine`  the colocated vLLM one;
+- `trainer`     the loop (ρ applied through `pgpo.modulated_step`);  `parallel`  FSDP2;  `checkpoint`;
+- `evaluate`    mean@k;  `tiny`, `smoke`, `synthetic`, `bench`  the CPU model, the real shape, a toy task, timings.
 """

@@ -45,9 +45,19 @@ def support_logprobs(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     S = V (topk None), k + 1 (top-k of the student + tail), or k (top-k renormalised). Computed in
     float32 at least; the teacher's are detached.
     """
+    return restrict(*full_logprobs(student_logits, teacher_logits), topk, add_tail)
+
+
+def full_logprobs(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vocabulary log-probabilities in float32 at least, the teacher's detached: (B, T, V) ×2 → same."""
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    log_p = torch.log_softmax(student_logits.to(dtype), dim=-1)
-    log_q = torch.log_softmax(teacher_logits.detach().to(dtype), dim=-1)
+    return (torch.log_softmax(student_logits.to(dtype), dim=-1),
+            torch.log_softmax(teacher_logits.detach().to(dtype), dim=-1))
+
+
+def restrict(log_p: torch.Tensor, log_q: torch.Tensor, topk: int | None = 100,
+             add_tail: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full log-probabilities (B, T, V) → the support's (B, T, S); see `support_logprobs`."""
     if topk is None or topk >= log_p.shape[-1]:
         return log_p, log_q
     if topk < 1:
@@ -89,7 +99,8 @@ def self_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.T
     if response_mask.shape != (batch, length) or sample_mask.shape != (batch,):
         raise ValueError(f"response_mask must be ({batch}, {length}) and sample_mask ({batch},), got "
                          f"{tuple(response_mask.shape)} and {tuple(sample_mask.shape)}")
-    log_p, log_q = support_logprobs(student_logits, teacher_logits, topk, add_tail)
+    full_p, full_q = full_logprobs(student_logits, teacher_logits)  # once: the support and the entropy share it
+    log_p, log_q = restrict(full_p, full_q, topk, add_tail)
     divergence = generalized_jsd(log_p, log_q, beta)  # (B, T)
     tokens = response_mask.to(divergence.dtype)
     if is_weights is not None:
@@ -101,7 +112,7 @@ def self_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.T
         kl_pair = information(log_p.detach(), log_q, used, kind=signal, reduce="sum")
         kl_sequence = information(log_p.detach(), log_q, used, kind=signal, reduce="sequence_sum")
         jsd_pair = information(log_p.detach(), log_q, used, kind="jsd", reduce="sum")
-        full = torch.log_softmax(student_logits.detach().to(log_p.dtype), dim=-1)  # entropy over the whole vocabulary
+        full = full_p.detach()  # entropy over the whole vocabulary
         entropy = -(full.exp() * torch.nan_to_num(full, neginf=0.0)).sum(-1)
         entropy_pair = ((entropy * tokens).sum(), tokens.sum())
     return SelfDistillationOutput(loss, kl_pair, kl_sequence, jsd_pair, entropy_pair)

@@ -19,7 +19,7 @@ import resource
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +173,6 @@ class RunState:
     best_step: int | None = None
     final_val: float | None = None  # the most recent validation
     metrics_offset: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Timer:

@@ -152,6 +152,18 @@ def _reference_slopes(ax, eta, anchor, orders=(1, 2)) -> None:
         ax.plot(eta, anchor * (eta / eta[-1]) ** order, style, color="gray", lw=0.8, label=f"slope {order}")
 
 
+def _ladder_panel(ax, series: list[dict], anchor: dict, title: str, orders=(1, 2)) -> None:
+    """Several measured ladders on one log–log panel, reference slopes through `anchor`'s finest point."""
+    for s in series:
+        _draw_series(ax, s)
+        if s.get("plateau") is not None:
+            ax.axhline(abs(s["plateau"]), color="gray", lw=0.8, ls="--", label=f"fitted plateau {abs(s['plateau']):.3f}")
+    _reference_slopes(ax, anchor["etas"], abs(anchor["errors"][-1]), orders)
+    ax.set(xlabel="learning rate η", ylabel="|weak error|, 95% CI", title=title)
+    ax.title.set_fontsize(7.5)
+    ax.legend(fontsize=6, loc="lower right", framealpha=0.9)
+
+
 # ---------------------------------------------------------------------------------------------
 # weak error against η on every built-in problem: SGD and PGPO under both SDE forms (Monte Carlo)
 
@@ -235,15 +247,9 @@ def _order_two_draw(data: dict):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    for s in data["series"]:
-        _draw_series(ax, s)
-    sgd = data["series"][0]
-    _reference_slopes(ax, sgd["etas"], abs(sgd["errors"][-1]))
-    ax.set(xlabel="learning rate η", ylabel="|weak error|, 95% CI",
-           title=f"Order 2 — {data['problem']}\ng = {data['test_fn']}, T = {data['horizon']:g}, {data['paths']} coupled "
-                 f"paths; PGPO: {data['multiplier']}")
-    ax.title.set_fontsize(7.5)
-    ax.legend(fontsize=6, loc="lower right", framealpha=0.9)
+    _ladder_panel(ax, data["series"], data["series"][0],
+                  f"Order 2 — {data['problem']}\ng = {data['test_fn']}, T = {data['horizon']:g}, {data['paths']} coupled "
+                  f"paths; PGPO: {data['multiplier']}")
     fig.tight_layout()
     return fig
 
@@ -273,17 +279,9 @@ def _minibatch_draw(data: dict):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
-    for s in data["series"]:
-        _draw_series(ax, s)
-        if s["plateau"] is not None:
-            ax.axhline(abs(s["plateau"]), color="gray", lw=0.8, ls="--", label=f"fitted plateau {abs(s['plateau']):.3f}")
-    correct = data["series"][-1]
-    _reference_slopes(ax, correct["etas"], abs(correct["errors"][-1]), orders=(1,))
-    ax.set(xlabel="learning rate η", ylabel="|weak error|, 95% CI",
-           title=f"PGPO with the mini-batch's own signal — {data['problem']}\ng = {data['test_fn']}, T = "
-                 f"{data['horizon']:g}, {data['paths']} quantile-coupled paths; {data['multiplier']}")
-    ax.title.set_fontsize(7.5)
-    ax.legend(fontsize=6, loc="lower right", framealpha=0.9)
+    _ladder_panel(ax, data["series"], data["series"][-1],
+                  f"PGPO with the mini-batch's own signal — {data['problem']}\ng = {data['test_fn']}, T = "
+                  f"{data['horizon']:g}, {data['paths']} quantile-coupled paths; {data['multiplier']}", orders=(1,))
     fig.tight_layout()
     return fig
 
@@ -319,15 +317,9 @@ def _caps_draw(data: dict):
     left.set(xlabel="x", ylabel="ρ(I(x))", title="the multiplier along the path\n(x₀ = 1.5 → 0; kink at I = ½)")
     left.title.set_fontsize(7.5)
     left.legend(loc="lower right")
-    for s in data["series"]:
-        _draw_series(right, s)
-    first = data["series"][0]
-    _reference_slopes(right, first["etas"], abs(first["errors"][-1]))
-    right.set(xlabel="learning rate η", ylabel="|weak error|, 95% CI",
-              title=f"{data['problem']}, g = {data['test_fn']}, T = {data['horizon']:g},\n{data['paths']} coupled paths, "
-                    f"scaled SDE, {data['multiplier']}")
-    right.title.set_fontsize(7.5)
-    right.legend(fontsize=6, loc="lower right", framealpha=0.9)
+    _ladder_panel(right, data["series"], data["series"][0],
+                  f"{data['problem']}, g = {data['test_fn']}, T = {data['horizon']:g},\n{data['paths']} coupled paths, "
+                  f"scaled SDE, {data['multiplier']}")
     fig.tight_layout()
     return fig
 

@@ -118,3 +118,17 @@ def test_shapes_are_checked(batch):
         self_distillation_loss(student, teacher, response_mask[:, :2], sample_mask)
     with pytest.raises(ValueError, match="logits"):
         self_distillation_loss(student, teacher[:, :2], response_mask, sample_mask)
+
+
+def test_jsd_and_entropy_pairs_match_the_formula(batch):
+    student, teacher, response_mask, sample_mask, _ = batch
+    out = self_distillation_loss(student, teacher, response_mask, sample_mask, topk=None)
+    p, q = torch.softmax(student, -1), torch.softmax(teacher, -1)
+    entropy = -(p * p.log()).sum(-1)  # over the whole vocabulary, every response token
+    assert out.entropy[0].item() == pytest.approx((entropy * response_mask).sum().item(), rel=1e-12)
+    assert out.entropy[1].item() == response_mask.sum().item()
+    m = 0.5 * (p + q)
+    jsd = 0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (q * (q / m).log()).sum(-1)
+    used = response_mask * sample_mask[:, None]  # only sequences with a teacher
+    assert out.jsd[0].item() == pytest.approx((jsd * used).sum().item(), rel=1e-10)
+    assert out.jsd[1].item() == used.sum().item()
