@@ -30,9 +30,9 @@ demo: $(STAMP)
 	$(PY) -m sde_lab verify --quick
 	$(PY) -m sde_lab figures --quick --out .demo/figures
 	@echo "quick-mode figures (PNG, PDF and the JSON behind each) are in .demo/figures/"
-	rm -rf .demo/runs/tiny_cpu
-	$(PY) -m llm_runs train --config llm_runs/configs/tiny_cpu.yaml train.output_dir=.demo/runs train.run_name=tiny_cpu
-	@echo "tiny SDPO/PGPO run: metrics in .demo/runs/tiny_cpu/metrics.jsonl, checkpoints in .demo/runs/tiny_cpu/checkpoints/"
+	rm -rf .demo/llm
+	$(PY) -m llm_runs demo --quick --out .demo/llm
+	@echo "SDPO vs PGPO on the synthetic task: figure and table in .demo/llm/llm_demo_quick.{png,md}, runs in .demo/llm/runs/"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,6 +1,7 @@
 """`python -m llm_runs train --config PATH [key=value ...] | --resume RUN_DIR`,
 `python -m llm_runs eval --checkpoint DIR [--data FILE] [key=value ...]` and
-`python -m llm_runs bench --config PATH [--steps K] [--repeats R]`."""
+`python -m llm_runs bench --config PATH [--steps K] [--repeats R]`,
+`python -m llm_runs warm-start --config PATH --out DIR [key=value ...]` and `python -m llm_runs demo [--quick]`."""
 
 from __future__ import annotations
 
@@ -46,8 +47,10 @@ def _eval(args) -> int:
     from llm_runs.trainer import DTYPES, load_model, resolve_device, seed_everything
 
     checkpoint = Path(args.checkpoint)
-    run_config = checkpoint.parent.parent / "config.yaml"
-    config = load(run_config if run_config.exists() else None, args.overrides)
+    # the run's config: RUN/final (an export) or RUN/checkpoints/step-N
+    run_config = next((p / "config.yaml" for p in (checkpoint.parent, checkpoint.parent.parent)
+                       if (p / "config.yaml").exists()), None)
+    config = load(run_config, args.overrides)
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device)
     model, tokenizer = load_model(str(checkpoint), DTYPES[config.model.dtype], device)
@@ -58,6 +61,14 @@ def _eval(args) -> int:
     out = Path(args.out) if args.out else checkpoint / "eval.json"
     out.write_text(json.dumps(result, indent=1))
     print(f"mean@{result['k']} = {result['mean_at_k']:.4f} over {result['questions']} questions  ({out})")
+    return 0
+
+
+def _warm_start(args) -> int:
+    from llm_runs.warm_start import warm_start
+
+    record = warm_start(load(args.config, args.overrides), args.out, progress=not args.no_progress)
+    print(json.dumps(record, indent=1))
     return 0
 
 
@@ -76,6 +87,24 @@ def _smoke(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from llm_runs.demo import run, save_figure, table
+
+    if args.replot:
+        figure = Path(args.figure or ("runs/demo/llm_demo_quick" if args.quick else "figures/llm_demo"))
+        data = json.loads(figure.with_suffix(".json").read_text())
+        save_figure(data, figure)
+    else:
+        data = run(args.out, args.quick, args.seeds, args.methods, args.overrides, args.figure,
+                   progress=not args.no_progress)
+    w = data["warm_start"]
+    print(f"warm start: held-out mean@{w['k']} {w['held_out_mean_at_k']:.3f}, format {w['held_out_format_rate']:.3f}, "
+          f"copies the demonstrated letter {w['copy_rate']:.3f} ({w['steps']} steps, {w['seconds']:.0f} s)")
+    print(table(data))
+    print(f"figure: {', '.join(data['files'])}  ({data['seconds']:.0f} s)")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llm_runs", description="SDPO and PGPO training of LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +119,11 @@ def main(argv=None) -> int:
     ev.add_argument("--out", help="where to write the result JSON (default: CHECKPOINT/eval.json)")
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("overrides", nargs="*", help="section.key=value")
+    ws = sub.add_parser("warm-start", help="supervised format + copy-from-context phase (see llm_runs.warm_start)")
+    ws.add_argument("--config", required=True)
+    ws.add_argument("--out", required=True, help="folder for config.yaml, base_model/, final/, warm_start.json")
+    ws.add_argument("--no-progress", action="store_true")
+    ws.add_argument("overrides", nargs="*", help="section.key=value")
     bench = sub.add_parser("bench", help="seconds per step by stage, SDPO against PGPO")
     bench.add_argument("--config", required=True)
     bench.add_argument("--steps", type=int, default=5, help="timed steps per run (after one warm-up step)")
@@ -108,9 +142,19 @@ def main(argv=None) -> int:
     smoke.add_argument("--teacher", default="live", choices=["live", "ema", "frozen"])
     smoke.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     smoke.add_argument("overrides", nargs="*", help="section.key=value")
+    demo = sub.add_parser("demo", help="the CPU experiment: warm start, then SDPO vs PGPO on a synthetic task")
+    demo.add_argument("--quick", action="store_true", help="one seed, SDPO and PGPO alpha=1 (what `make demo` runs)")
+    demo.add_argument("--out", default="runs/demo", help="data, warm start and runs (reused and resumed)")
+    demo.add_argument("--seeds", type=int, nargs="+", help="default: 0 (quick) or 0 1 2")
+    demo.add_argument("--methods", nargs="+", help="names from llm_runs.demo.METHODS")
+    demo.add_argument("--figure", help="path without extension (default: figures/llm_demo, or OUT/llm_demo_quick)")
+    demo.add_argument("--replot", action="store_true", help="redraw the figure from its JSON")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("overrides", nargs="*", help="section.key=value, applied to llm_runs/configs/demo_cpu.yaml")
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "bench": _bench, "smoke": _smoke}[args.command](args)
+        return {"train": _train, "eval": _eval, "bench": _bench, "smoke": _smoke, "demo": _demo,
+                "warm-start": _warm_start}[args.command](args)
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")
 

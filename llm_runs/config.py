@@ -119,6 +119,18 @@ class EvalConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    """`python -m llm_runs warm-start`: supervised steps that teach the response format and to copy a
+    "Correct solution" from the teacher's context, with letters drawn at random so that the question
+    itself stays uninformative (unguided accuracy stays at chance)."""
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 3.0e-3
+    guided_fraction: float = 0.5  # share of each batch rendered with a demonstration in context
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -129,6 +141,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -151,6 +164,8 @@ RANGES = {  # key: (lower, upper), inclusive
     "rollout.prompts_per_step": (1, None), "rollout.samples_per_prompt": (1, None), "rollout.max_new_tokens": (1, None),
     "loss.micro_batch_size": (1, None), "loss.topk": (1, None), "model.lora_rank": (1, None), "train.steps": (0, None), "eval.samples": (1, None),
     "train.eval_every": (0, None), "train.checkpoint_every": (0, None), "loss.is_cap": (0.0, None),
+    "warm_start.steps": (0, None), "warm_start.batch_size": (1, None), "warm_start.lr": (0.0, None),
+    "warm_start.guided_fraction": (0.0, 1.0),
 }
 
 
@@ -172,6 +187,11 @@ def _coerce(key: str, value, annotation, where: str):
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif annotation is str:
         if isinstance(value, str):
             return value

@@ -1,17 +1,24 @@
-"""A synthetic multiple-choice task in the Science Q&A split format whose answers follow from the question.
+"""Synthetic multiple-choice tasks in the Science Q&A split format whose answers follow from the question.
 
-    What is 7 + 5?
+    Which of these values is the largest?
 
-    A: 13
-    B: 12
-    C: 2
-    D: 11
+    A: 21
+    B: 44
+    C: 93
+    D: 10
     Please reason step by step.
 
-Items are generated from a seed; the held-out split holds questions that never occur in training (as
-text), so accuracy on it measures whether a rule was learnt, not recall. Options are the answer and
-three distractors (off by one, off by ten, the difference), in seeded order; the correct letter is
-uniform over A–D, so chance is 25%.
+Kinds:
+- "largest": four distinct integers in [low, high); the answer is the largest. A 2-layer, 64-wide
+  Qwen3 learns this rule from labels in ~500 supervised steps of 32 (measured while designing the demo).
+- "compare": "largest" or "smallest", said in the question, so the question's words matter too (~1000 steps).
+- "addition": "What is a + b?" among the sum and three other values from a window of seven around it,
+  placed at random, so the options alone do not give the answer away (the sum is no likelier the middle one). The tiny model did not learn it in 1000 supervised steps (held-out
+  accuracy stayed at chance): a task for a larger model.
+
+Items are generated from a seed; the held-out split holds questions (whole texts, options included)
+that never occur in training, so accuracy on it measures whether a rule was learnt, not recall. The
+correct letter is uniform over A–D, so chance is 25%.
 """
 
 from __future__ import annotations
@@ -26,37 +33,46 @@ from llm_runs.data import Example
 SYSTEM = ("\nGiven a question and four options, please select the right answer. Respond in the following format:\n"
           "<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n\nFor the answer, only output the letter "
           "corresponding to the correct option (A, B, C, or D), and nothing else.\n")
-KINDS = ("addition",)
+KINDS = ("largest", "compare", "addition")
 
 
-def _item(a: int, b: int, rng: np.random.Generator) -> tuple[str, list[int], int]:
-    """The question, four distinct options, and the index of the correct one."""
-    value = a + b
-    distractors = []
-    for d in (value + 1, value - 1, value + 10, abs(a - b), value + 2, value - 2):
-        if d != value and d >= 0 and d not in distractors:
-            distractors.append(d)
-    options = [value] + distractors[:3]
-    order = rng.permutation(4)
-    options = [options[i] for i in order]
-    return f"What is {a} + {b}?", options, options.index(value)
+def _item(kind: str, low: int, high: int, rng: np.random.Generator) -> tuple[str, list[int], int]:
+    """The question, four distinct options in seeded order, and the index of the correct one."""
+    if kind == "addition":
+        a, b = (int(x) for x in rng.integers(low, high, 2))
+        value = a + b
+        start = max(0, value - int(rng.integers(0, 7)))  # a window of 7 placed at random: the sum's rank is uniform
+        near = [v for v in range(start, start + 7) if v != value and v >= 0]
+        options = [value] + [int(v) for v in rng.choice(near, 3, replace=False)]
+        question = f"What is {a} + {b}?"
+    else:
+        options = [int(v) for v in rng.choice(np.arange(low, high), 4, replace=False)]
+        largest = kind == "largest" or rng.random() < 0.5
+        value = max(options) if largest else min(options)
+        question = f"Which of these values is the {'largest' if largest else 'smallest'}?"
+    options = [options[i] for i in rng.permutation(4)]
+    return question, options, options.index(value)
 
 
-def make_splits(seed: int = 0, train: int = 200, test: int = 50, low: int = 0, high: int = 20,
-                kind: str = "addition") -> tuple[list[Example], list[Example]]:
-    """(train, held-out) Examples; every held-out question is absent from training."""
+def make_splits(seed: int = 0, train: int = 2000, test: int = 200, kind: str = "largest", low: int = 0,
+                high: int = 100) -> tuple[list[Example], list[Example]]:
+    """(train, held-out) Examples with distinct question texts; no held-out question occurs in training."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    pairs = [(a, b) for a in range(low, high) for b in range(low, high)]
-    if train + test > len(pairs):
-        raise ValueError(f"{train} + {test} items asked for, but only {len(pairs)} distinct questions in [{low}, {high})")
+    if high - low < (1 if kind == "addition" else 4):
+        raise ValueError(f"[low, high) = [{low}, {high}) is too narrow for {kind!r} items")
     rng = np.random.default_rng(seed)
-    chosen = [pairs[i] for i in rng.permutation(len(pairs))[: train + test]]
-    examples = []
-    for idx, (a, b) in enumerate(chosen):
-        question, options, correct = _item(a, b, rng)
-        prompt = question + "\n\n" + "\n".join(f"{'ABCD'[i]}: {o}" for i, o in enumerate(options))
-        examples.append(Example(idx, prompt + "\nPlease reason step by step.", "ABCD"[correct], SYSTEM, f"synthetic:{idx}"))
+    prompts: dict[str, str] = {}
+    for _ in range(20 * (train + test) + 100):  # distinct texts; give up on a range too small for the ask
+        if len(prompts) == train + test:
+            break
+        question, options, correct = _item(kind, low, high, rng)
+        text = question + "\n\n" + "\n".join(f"{'ABCD'[i]}: {o}" for i, o in enumerate(options))
+        prompts.setdefault(text + "\nPlease reason step by step.", "ABCD"[correct])
+    if len(prompts) < train + test:
+        raise ValueError(f"{train} + {test} items asked for, but only {len(prompts)} distinct questions were "
+                         f"drawn for {kind!r} in [{low}, {high})")
+    examples = [Example(i, p, a, SYSTEM, f"synthetic:{kind}:{i}") for i, (p, a) in enumerate(prompts.items())]
     return examples[:train], examples[train:]
 
 
