@@ -92,8 +92,10 @@ def _demo(args) -> int:
 
     if args.replot:
         figure = Path(args.figure or ("runs/demo/llm_demo_quick" if args.quick else "figures/llm_demo"))
+        if not figure.with_suffix(".json").exists():
+            raise ConfigError(f"--replot needs {figure.with_suffix('.json')}; run the demo first")
         data = json.loads(figure.with_suffix(".json").read_text())
-        save_figure(data, figure)
+        data["files"] = [str(p) for p in save_figure(data, figure)]
     else:
         data = run(args.out, args.quick, args.seeds, args.methods, args.overrides, args.figure,
                    progress=not args.no_progress)

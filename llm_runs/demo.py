@@ -28,15 +28,18 @@ TASK = {"kind": "largest", "low": 0, "high": 30, "train": 2000, "test": 200, "se
 METHODS = {"SDPO": ["pgpo.enabled=false"],
            "PGPO α=0.5": ["pgpo.enabled=true", "pgpo.alpha=0.5"],
            "PGPO α=1": ["pgpo.enabled=true", "pgpo.alpha=1.0"],
-           "PGPO α=2": ["pgpo.enabled=true", "pgpo.alpha=2.0"]}
+           "PGPO α=2": ["pgpo.enabled=true", "pgpo.alpha=2.0"],
+           # a control, not in the default grid: SDPO at PGPO α=2's run-average step size (ρ̄ = 1.35 in the
+           # full demo), to tell a larger step from an information-modulated one
+           "SDPO lr×1.35": ["pgpo.enabled=false", "optim.lr=1.35e-3"]}
 QUICK = {"seeds": (0,), "methods": ("SDPO", "PGPO α=1")}
-FULL = {"seeds": (0, 1, 2), "methods": tuple(METHODS)}
+FULL = {"seeds": (0, 1, 2), "methods": ("SDPO", "PGPO α=0.5", "PGPO α=1", "PGPO α=2")}
 SERIES = ("information", "rho", "response_length_mean", "reward_mean", "teacher_fraction")
 SMOOTH = 10  # steps in the running mean of the per-step series in the figure
 
 
 def _slug(method: str) -> str:
-    return method.lower().replace(" ", "_").replace("α=", "a")
+    return method.lower().replace(" ", "_").replace("α=", "a").replace("×", "x")
 
 
 def warm_start_checkpoint(out: Path, overrides: list[str], progress: bool = True) -> tuple[Path, dict]:
@@ -95,22 +98,33 @@ def collect(run_dir: Path, start: float) -> dict:
                            for r in rows)}
 
 
-def table(data: dict) -> str:
-    """Markdown: final and best held-out mean@k per method, mean ± std over seeds (std with ddof 1)."""
-    def fmt(values):
-        values = 100 * np.asarray(values)
-        spread = f" ± {values.std(ddof=1):.1f}" if len(values) > 1 else ""
-        return f"{values.mean():.1f}{spread}"
+def crossing(steps: list, values: list, level: float = 0.5) -> float | None:
+    """The first step at which `values` reach `level`, linearly interpolated between evaluations (None: never)."""
+    for i in range(1, len(values)):
+        if values[i] >= level > values[i - 1]:
+            return steps[i - 1] + (level - values[i - 1]) / (values[i] - values[i - 1]) * (steps[i] - steps[i - 1])
+    return None
 
-    k, seeds = data["k"], data["seeds"]
-    lines = [f"| method | warm start | final mean@{k} (%) | best mean@{k} (%) | best step | runs |",
+
+def table(data: dict) -> str:
+    """Markdown: held-out mean@k of the warm start, final and best per method, and the step at which it first
+    reaches 50%; mean ± std over seeds (std with ddof 1)."""
+    def fmt(values, scale=100.0, digits=1):
+        if any(v is None for v in values):
+            return f"not reached in {sum(v is None for v in values)} of {len(values)}"
+        values = scale * np.asarray(values, dtype=float)
+        spread = f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else ""
+        return f"{values.mean():.{digits}f}{spread}"
+
+    k = data["k"]
+    lines = [f"| method | warm start mean@{k} (%) | final mean@{k} (%) | best mean@{k} (%) | step reaching 50% | seeds |",
              "|---|---|---|---|---|---|"]
     for method, runs in data["runs"].items():
         finals = [r["eval"][-1] for r in runs]
         bests = [max(r["eval"][1:]) for r in runs]
-        best_steps = [r["eval_steps"][1 + int(np.argmax(r["eval"][1:]))] for r in runs]
+        halfway = [crossing(r["eval_steps"], r["eval"]) for r in runs]
         lines.append(f"| {method} | {fmt([r['eval'][0] for r in runs])} | {fmt(finals)} | {fmt(bests)} | "
-                     f"{', '.join(map(str, best_steps))} | {len(runs)} (seeds {', '.join(map(str, seeds))}) |")
+                     f"{fmt(halfway, 1.0, 0)} | {', '.join(map(str, data['seeds']))} |")
     return "\n".join(lines)
 
 
@@ -145,7 +159,9 @@ def draw(data: dict):
     axes[0, 0].legend(loc="upper left")
     for ax in axes[1]:
         ax.set_xlabel("step")
-    fig.suptitle(f"Tiny Qwen3 on \"{data['task']['kind']}\" (held-out questions): SDPO vs PGPO from one warm start")
+    t = data["config"]["teacher"]
+    fig.suptitle(f"Tiny Qwen3, \"{data['task']['kind']}\" task, one warm start; teacher: {t['kind']}, "
+                 f"{t['demonstration'].replace('_', ' ')} demonstrations")
     fig.tight_layout()
     return fig
 
