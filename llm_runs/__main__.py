@@ -147,8 +147,10 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help="the CPU experiment: warm start, then SDPO vs PGPO on a synthetic task")
     demo.add_argument("--quick", action="store_true", help="one seed, SDPO and PGPO alpha=1 (what `make demo` runs)")
     demo.add_argument("--out", default="runs/demo", help="data, warm start and runs (reused and resumed)")
-    demo.add_argument("--seeds", type=int, nargs="+", help="default: 0 (quick) or 0 1 2")
-    demo.add_argument("--methods", nargs="+", help="names from llm_runs.demo.METHODS")
+    demo.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], help="e.g. 0,1,2 (default: 0 "
+                      "with --quick, else 0,1,2)")
+    demo.add_argument("--methods", type=lambda v: [x.strip() for x in v.split(",")],
+                      help="comma-separated names from llm_runs.demo.METHODS, e.g. 'SDPO,PGPO α=1'")
     demo.add_argument("--figure", help="path without extension (default: figures/llm_demo, or OUT/llm_demo_quick)")
     demo.add_argument("--replot", action="store_true", help="redraw the figure from its JSON")
     demo.add_argument("--no-progress", action="store_true")

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
-from llm_runs.config import load
+from llm_runs.config import from_dict, load
 from llm_runs.synthetic import write_splits
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "demo_cpu.yaml"
@@ -67,17 +68,23 @@ def run_one(out: Path, method: str, seed: int, checkpoint: Path, overrides: list
     run_dir = out / "runs" / name
     config = load(CONFIG, [*overrides, "model.tiny=false", f"model.path={checkpoint}", f"train.seed={seed}",
                            f"train.output_dir={out / 'runs'}", f"train.run_name={name}", *METHODS[method]])
+    if (run_dir / "config.yaml").exists():
+        saved = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        if saved.to_dict() != config.to_dict():
+            raise ValueError(f"{run_dir} holds a run with other settings; choose another --out (or remove it)")
     if (run_dir / "summary.json").exists():
         return run_dir
     trainer = Trainer(config, run_dir, progress=progress)
-    trainer.resume()
+    if not trainer.resume() and (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()  # stopped before its first checkpoint: start again
     return trainer.train()
 
 
 def step_zero(checkpoint: Path, overrides: list[str], seed: int) -> float:
     """Held-out mean@k of the warm start, with the seed the runs' validation uses at step 0."""
     from llm_runs.evaluate import evaluate
-    from llm_runs.trainer import DTYPES, load_model, load_split, resolve_device
+    from llm_runs.data import load_split
+    from llm_runs.trainer import DTYPES, load_model, resolve_device
 
     config = load(CONFIG, overrides)
     model, tokenizer = load_model(str(checkpoint), DTYPES[config.model.dtype], resolve_device(config.train.device))

@@ -68,3 +68,9 @@ def test_warm_start_letters_are_random_so_the_question_is_not_taught():
     agree = np.mean([target == answer_text(e.answer, "boxed") for e, _, target in triples])
     assert 0.22 < agree < 0.28  # = chance: the target letter carries nothing about the question
     assert letters_of(train[0]) == "ABCD"
+
+
+def test_a_run_folder_with_other_settings_is_refused(experiment):
+    out, _ = experiment
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        demo.run(out, quick=True, overrides=[*TOY, "optim.lr=2e-3"], figure=out / "figure2", progress=False)
