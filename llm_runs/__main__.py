@@ -35,6 +35,9 @@ def _train(args) -> int:
             raise ConfigError(f"{run_dir} already holds a run: use --resume {run_dir}, or set train.run_name")
         trainer = Trainer(config, run_dir, progress=not args.no_progress)
     run_dir = trainer.train()
+    from llm_runs import parallel
+
+    parallel.finish()
     print(f"run folder: {run_dir}  (metrics: {run_dir / 'metrics.jsonl'})")
     return 0
 
