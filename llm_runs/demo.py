@@ -157,7 +157,7 @@ def draw(data: dict):
                 x = x[width - 1:]
                 marker = None
             mean, std = ys.mean(0), ys.std(0, ddof=1) if len(ys) > 1 else np.zeros(ys.shape[1])
-            ax.plot(x, mean, color=color, marker=marker, markersize=3, label=f"{method} ({len(runs)} seeds)")
+            ax.plot(x, mean, color=color, marker=marker, markersize=3, label=f"{method} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
             ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
         ax.set_title(title)
         ax.grid(alpha=0.3)
