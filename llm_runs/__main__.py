@@ -94,7 +94,8 @@ def _demo(args) -> int:
     from llm_runs.demo import run, save_figure, table
 
     if args.replot:
-        figure = Path(args.figure or ("runs/demo/llm_demo_quick" if args.quick else "figures/llm_demo"))
+        figure = Path(args.figure) if args.figure else (Path(args.out) / "llm_demo_quick" if args.quick
+                                                        else Path("figures") / "llm_demo")
         if not figure.with_suffix(".json").exists():
             raise ConfigError(f"--replot needs {figure.with_suffix('.json')}; run the demo first")
         data = json.loads(figure.with_suffix(".json").read_text())
