@@ -80,18 +80,21 @@ def run_one(out: Path, method: str, seed: int, checkpoint: Path, overrides: list
     return trainer.train()
 
 
-def step_zero(checkpoint: Path, overrides: list[str], seed: int) -> float:
-    """Held-out mean@k of the warm start, with the seed the runs' validation uses at step 0."""
-    from llm_runs.evaluate import evaluate
+def step_zero(checkpoint: Path, overrides: list[str], seeds) -> dict[int, float]:
+    """Held-out mean@k of the warm start for each seed, with the seed the runs' validation uses at step 0."""
     from llm_runs.data import load_split
+    from llm_runs.evaluate import evaluate
     from llm_runs.trainer import DTYPES, load_model, resolve_device
 
     config = load(CONFIG, overrides)
     model, tokenizer = load_model(str(checkpoint), DTYPES[config.model.dtype], resolve_device(config.train.device))
-    with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return evaluate(model, tokenizer, load_split(config.data.test), config.data.template, config.eval,
-                        config.model.enable_thinking)["mean_at_k"]
+    test, out = load_split(config.data.test), {}
+    for seed in seeds:
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(seed)
+            out[seed] = evaluate(model, tokenizer, test, config.data.template, config.eval,
+                                 config.model.enable_thinking)["mean_at_k"]
+    return out
 
 
 def collect(run_dir: Path, start: float) -> dict:
@@ -107,6 +110,8 @@ def collect(run_dir: Path, start: float) -> dict:
 
 def crossing(steps: list, values: list, level: float = 0.5) -> float | None:
     """The first step at which `values` reach `level`, linearly interpolated between evaluations (None: never)."""
+    if values and values[0] >= level:
+        return steps[0]
     for i in range(1, len(values)):
         if values[i] >= level > values[i - 1]:
             return steps[i - 1] + (level - values[i - 1]) / (values[i] - values[i - 1]) * (steps[i] - steps[i - 1])
@@ -207,7 +212,7 @@ def run(out: str | Path = "runs/demo", quick: bool = False, seeds=None, methods=
     checkpoint, record = warm_start_checkpoint(out, overrides, progress)
     config = load(CONFIG, overrides)
     runs: dict[str, list] = {m: [] for m in methods}
-    zero = {seed: step_zero(checkpoint, overrides, seed) for seed in seeds}
+    zero = step_zero(checkpoint, overrides, seeds)
     for seed in seeds:  # seed-major: a stopped full run already holds every method for the first seeds
         for method in methods:
             runs[method].append(collect(run_one(out, method, seed, checkpoint, overrides, progress), zero[seed]))

@@ -29,7 +29,7 @@ from tqdm.auto import trange
 from llm_runs.config import RunConfig
 from llm_runs.data import Example, answer_text, messages, render
 from llm_runs.evaluate import evaluate
-from llm_runs.trainer import DTYPES, load_examples, load_model, model_source, resolve_device, seed_everything
+from llm_runs.trainer import DTYPES, _left_pad, load_examples, load_model, model_source, resolve_device, seed_everything
 
 
 def letters_of(example: Example) -> str:
@@ -48,14 +48,10 @@ def _corpus(examples: list[Example], template: str) -> list[str]:
 
 def _sequences(rows: list[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, ...]:
     """(prompt, target) id lists → left-padded ids, attention, labels (-100 outside the targets): (B, L) each."""
-    width = max(len(p) + len(t) for p, t in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros_like(ids)
+    ids, attention = _left_pad([p + t for p, t in rows], pad)
     labels = torch.full_like(ids, -100)
-    for i, (p, t) in enumerate(rows):
-        ids[i, width - len(p) - len(t):] = torch.tensor(p + t)
-        attention[i, width - len(p) - len(t):] = 1
-        labels[i, width - len(t):] = torch.tensor(t)
+    for i, (_, t) in enumerate(rows):
+        labels[i, ids.shape[1] - len(t):] = torch.tensor(t)
     return ids, attention, labels
 
 

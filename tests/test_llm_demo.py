@@ -74,3 +74,9 @@ def test_a_run_folder_with_other_settings_is_refused(experiment):
     out, _ = experiment
     with pytest.raises(ValueError, match="holds a run with other settings"):
         demo.run(out, quick=True, overrides=[*TOY, "optim.lr=2e-3"], figure=out / "figure2", progress=False)
+
+
+def test_crossing_interpolates_between_evaluations():
+    assert demo.crossing([0, 25, 50], [0.2, 0.4, 0.6]) == pytest.approx(37.5)
+    assert demo.crossing([0, 25], [0.6, 0.7]) == 0  # already there at the start
+    assert demo.crossing([0, 25], [0.2, 0.3]) is None
