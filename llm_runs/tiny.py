@@ -52,7 +52,7 @@ def build(out: str | Path, corpus: list[str], shape: dict | None = None, seed: i
     config = Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=False,
                          bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          **{"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                            "head_dim": 16, "intermediate_size": 128,
+                            "head_dim": 32, "intermediate_size": 128,
                             # a wider init than Qwen's 0.02, so that a random model's predictions depend on
                             # its context and the teacher's differ visibly from the student's
                             "initializer_range": 0.2, **shape})

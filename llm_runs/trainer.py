@@ -246,14 +246,18 @@ class Trainer:
         if c.model.lora_rank:
             raise ConfigError("rollout.engine=vllm with model.lora_rank: pushing adapters to vLLM is not supported; "
                               "use rollout.engine=hf")
-        if self.device.type != "cuda":
-            raise ConfigError("rollout.engine=vllm needs a CUDA device; on a CPU use rollout.engine=hf")
-        from llm_runs.vllm_engine import VLLMEngine
-
-        engine = VLLMEngine(self.source, seed=c.train.seed + self.rank, gpu_memory_utilization=c.rollout.gpu_memory_utilization,
-                            max_model_len=c.data.max_prompt_tokens + c.rollout.max_new_tokens, distributed=self.world > 1)
+        engine = build_vllm_engine(c, self.source, self.device, seed=c.train.seed + self.rank,
+                                   distributed=self.world > 1, random_weights=c.model.random_init)
+        if c.model.random_init:  # vLLM started from dummy weights: give it the trainer's
+            engine.update_weights(self.model.named_parameters())
         engine.sleep()  # the trainer's turn first
         return engine
+
+    def close(self) -> None:
+        """Shut the rollout engine down (vLLM: before the process group goes; every rank calls this)."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
 
     def _tokenize_prompts(self) -> list[list[int]]:
         limit = self.config.data.max_prompt_tokens
@@ -305,6 +309,7 @@ class Trainer:
             if self.rank == 0:
                 with self.metrics_path.open("r+b") as f:
                     f.truncate(self.state.metrics_offset)
+            self.engine.update_weights(self.model.named_parameters())  # the engine started from the base model
             return True
         from safetensors.torch import load_file
 
@@ -331,6 +336,7 @@ class Trainer:
         self.state = RunState(**state["run"])
         with self.metrics_path.open("r+b") as f:  # rows written after the checkpoint are redone
             f.truncate(self.state.metrics_offset)
+        self.engine.update_weights(self.model.named_parameters())  # the engine started from the base model
         return True
 
     # -- one step -----------------------------------------------------------------------------
@@ -530,6 +536,7 @@ class Trainer:
                                 rho=f"{row['rho']:.2f}", loss=f"{row['loss']:.4f}")
         bar.close()
         self.export("final")  # consolidated weights, loadable by from_pretrained (and vLLM)
+        self.close()  # after the last collective: vLLM's shutdown may take the process group with it
         if not lead:
             return self.run_dir
         summary = {"steps": self.state.step, "skipped": self.state.skipped_total,
@@ -538,6 +545,24 @@ class Trainer:
                    "final_val_mean_at_k": self.state.final_val}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         return self.run_dir
+
+
+def build_vllm_engine(config: RunConfig, source: str, device: torch.device, seed: int, distributed: bool = False,
+                      random_weights: bool = False):
+    """A `VLLMEngine` for `source` that samples in the dtype the trainer computes in, long enough for the
+    longest prompt plus the longer of the rollout's and the evaluation's responses (at most the model's
+    context, `max_position_embeddings`)."""
+    from transformers import AutoConfig
+
+    from llm_runs.vllm_engine import VLLMEngine
+
+    c = config
+    longest = c.data.max_prompt_tokens + max(c.rollout.max_new_tokens, c.eval.max_new_tokens)
+    context = getattr(AutoConfig.from_pretrained(source), "max_position_embeddings", None) or longest
+    return VLLMEngine(source, seed=seed, dtype=parallel.compute_dtype(DTYPES[c.model.dtype], device),
+                      gpu_memory_utilization=c.rollout.gpu_memory_utilization, max_model_len=min(longest, context),
+                      distributed=distributed, enforce_eager=c.rollout.enforce_eager,
+                      kv_cache_gib=c.rollout.cpu_kv_cache_gib, load_format="dummy" if random_weights else "auto")
 
 
 def run_name(config: RunConfig, config_path: str | None) -> str:

@@ -142,9 +142,12 @@ def test_stale_engine_weights_show_in_the_logprob_gap(tiny_model_dir, tmp_path):
     assert row["logprob_gap_max"] > 0.1 and row["logprob_gap_alarm"] == 1
 
 
-def test_vllm_engine_needs_cuda_and_full_weights(tiny_model_dir, tmp_path):
-    with pytest.raises(ConfigError, match="needs a CUDA device"):
-        Trainer(config(tiny_model_dir, tmp_path, "rollout.engine=vllm"), tmp_path / "run", progress=False)
+def test_vllm_engine_is_explained_where_it_cannot_run(tiny_model_dir, tmp_path):
+    try:
+        import vllm  # noqa: F401
+    except ImportError:  # the main environment: a clean error that says how to get vLLM
+        with pytest.raises(ConfigError, match="rollout.engine=vllm needs vLLM"):
+            Trainer(config(tiny_model_dir, tmp_path, "rollout.engine=vllm"), tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match="lora_rank"):
         Trainer(config(tiny_model_dir, tmp_path, "rollout.engine=vllm", "model.lora_rank=4"), tmp_path / "r2",
                 progress=False)
@@ -155,30 +158,6 @@ def test_vllm_names_lose_their_wrappers():
 
     assert _strip_prefixes("model.layers.0._checkpoint_wrapped_module.self_attn.q_proj.weight") == \
         "model.layers.0.self_attn.q_proj.weight"
-
-
-@pytest.mark.vllm
-@pytest.mark.gpu
-def test_vllm_engine_round_trip(tiny_model_dir):
-    """On a CUDA machine with vLLM: generate, push perturbed weights, and see the samples change."""
-    pytest.importorskip("vllm")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    from transformers import AutoModelForCausalLM
-
-    from llm_runs.rollout import Sampling
-    from llm_runs.vllm_engine import VLLMEngine
-
-    engine = VLLMEngine(str(tiny_model_dir), seed=0, gpu_memory_utilization=0.2, dtype="float32")
-    first = engine.generate([[5, 6, 7]], 2, Sampling(1.0, 1.0, 8), seeds=[1])
-    again = engine.generate([[5, 6, 7]], 2, Sampling(1.0, 1.0, 8), seeds=[1])
-    assert [r.token_ids for r in first] == [r.token_ids for r in again]  # seeded
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    engine.sleep()
-    engine.update_weights((n, p * 3.0) for n, p in model.named_parameters())
-    engine.wake()
-    pushed = engine.generate([[5, 6, 7]], 2, Sampling(1.0, 1.0, 8), seeds=[1])
-    assert [r.logprobs for r in pushed] != [r.logprobs for r in first]
 
 
 def test_missing_model_path_and_vllm_are_explained(tmp_path):
