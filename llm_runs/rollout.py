@@ -3,11 +3,12 @@
     engine.generate(prompt_ids, n, sampling) → [Rollout] * (len(prompt_ids) · n), prompt-major
     engine.update_weights(named_tensors)      push the trainer's weights
     engine.sleep() / engine.wake()            release / reclaim memory around training (where supported)
+    engine.close()                            shut down (vLLM: before the process group goes)
 
 `hf` runs transformers `generate` on a model object. Colocated with the trainer it *is* the
 trainer's model, so pushing weights is a no-op and the sampler's log-probabilities differ from the
 trainer's only by batching arithmetic (the stale-weights detector then reads ~1e-6). `vllm` lives in
-`llm_runs.vllm_engine` (optional `gpu` extra).
+`llm_runs.vllm_engine` (the `gpu` extra on CUDA, vLLM's CPU build in `.venv-vllm` on a CPU).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class RolloutEngine(Protocol):
     def sleep(self) -> None: ...
 
     def wake(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class HFEngine:
@@ -123,6 +126,9 @@ class HFEngine:
         pass
 
     def wake(self) -> None:
+        pass
+
+    def close(self) -> None:  # the model belongs to the trainer
         pass
 
 

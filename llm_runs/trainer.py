@@ -255,9 +255,7 @@ class Trainer:
 
     def close(self) -> None:
         """Shut the rollout engine down (vLLM: before the process group goes; every rank calls this)."""
-        close = getattr(self.engine, "close", None)
-        if close is not None:
-            close()
+        self.engine.close()
 
     def _tokenize_prompts(self) -> list[list[int]]:
         limit = self.config.data.max_prompt_tokens

@@ -17,7 +17,8 @@ Why each choice:
   the transformers-named tensors (mapping them onto fused qkv / gate-up layers) and re-runs the
   post-load processing (repacked CPU kernels, quantised GPU kernels). A fused layer is processed only
   once all its parts have arrived, so the whole model goes in one call. The iterator gathers FSDP2
-  shards one parameter at a time (`full_tensor()`), so at most one unsharded tensor exists at once.
+  shards one parameter at a time (`full_tensor()`), so the unsharded copies alive at once are at most
+  one layer's (vLLM holds a fused layer's parts until the last arrives).
 - Log-probabilities are vLLM's `processed_logprobs`: those of the distribution actually sampled from
   (after temperature and top-p), like the `hf` engine's, so the importance weights and the
   sampler-vs-trainer gap compare like with like.
