@@ -1,4 +1,4 @@
-"""Run configuration: dataclasses whose defaults are the paper's settings (METHOD.md §1), read from YAML
+"""Run configuration: dataclasses whose defaults are the paper's settings (`docs/method.md` §1), read from YAML
 and overridden on the command line with `section.key=value`.
 
 Unknown sections or keys, and values of the wrong type, are errors that name the key (and the file).
@@ -33,7 +33,7 @@ class ModelConfig:
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
     lora_targets: str = "all-linear"  # peft target_modules: "all-linear" or a comma-separated list
-    enable_thinking: bool = False  # Qwen3 chat template: thinking disabled (METHOD.md §1)
+    enable_thinking: bool = False  # Qwen3 chat template: thinking disabled (`docs/method.md` §1)
 
 
 @dataclass

@@ -4,7 +4,7 @@ Split files are JSON lines with `idx` (int), `prompt` (the question with lettere
 "Please reason step by step."), `answer` (the correct letter) and `system` (SDPO's system prompt);
 other fields are ignored. A malformed row is an error naming the file, the line and the field.
 
-Templates (METHOD.md §1):
+Templates (`docs/method.md` §1):
 - "boxed" (the PGPO paper's, default): no system message; the user turn is the question (the file's
   trailing "Please reason step by step." removed) + "\\nPlease reason step by step, and put your final
   answer within \\boxed{}."; the teacher's adds "\\nCorrect solution: {demo} Correctly solve the

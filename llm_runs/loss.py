@@ -1,4 +1,4 @@
-"""SDPO's self-distillation loss and PGPO's information signal from the same forwards (METHOD.md §1–2).
+"""SDPO's self-distillation loss and PGPO's information signal from the same forwards (`docs/method.md` §1–2).
 
     L = (1 / B) · Σ_i m_i · mean_{t ∈ response_i} [ w_{i,t} · D_β(p_{i,t}, q_{i,t}) ]
 
@@ -89,7 +89,7 @@ def self_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.T
         beta: D_β's mixing weight (0: KL(q‖p), ½: JSD, 1: KL(p‖q)).
         topk, add_tail: the support (see `support_logprobs`).
         is_weights: (B, T) importance weights w (see `importance_weights`), detached; None = 1.
-        signal: the information's divergence, a `pgpo.information` kind: "kl" = KL(q ‖ p) (METHOD.md §2),
+        signal: the information's divergence, a `pgpo.information` kind: "kl" = KL(q ‖ p) (`docs/method.md` §2),
             "reverse_kl", "jsd".
     """
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 3:

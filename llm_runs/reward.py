@@ -1,4 +1,4 @@
-"""The rule-based 0/1 reward of the Science Q&A runs (METHOD.md §1).
+"""The rule-based 0/1 reward of the Science Q&A runs (`docs/method.md` §1).
 
 The extracted answer — the content of the last `\\boxed{…}` (nested braces allowed) for the PGPO
 template, or of the last `<answer>…</answer>` for SDPO's — must equal the correct letter exactly after

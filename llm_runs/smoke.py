@@ -20,7 +20,7 @@ from llm_runs.config import load
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "toy_science"
 
 SHAPES = {
-    # Qwen/Qwen3-8B's config.json: 8,190,735,360 parameters (LLM_RUNS.md); transformers' defaults differ
+    # Qwen/Qwen3-8B's config.json: 8,190,735,360 parameters (counted in the tests); transformers' defaults differ
     "qwen3-8b": dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
                      rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False),

@@ -1,6 +1,6 @@
 """The self-teacher: its contexts (SDPO's sibling rule, or the ground truth) and its weights (EMA, live, frozen).
 
-Sibling rule (METHOD.md §1): for response i of a group, the demonstration is the first *other*
+Sibling rule (`docs/method.md` §1): for response i of a group, the demonstration is the first *other*
 response of the group with reward 1, with `<think>…</think>` blocks removed; without one the sample
 has no teacher (m_i = 0). A lone success therefore teaches its siblings but gets no teacher itself.
 """

@@ -1,4 +1,4 @@
-"""SDPO and PGPO training, one optimizer step at a time (LLM_RUNS.md "One step").
+"""SDPO and PGPO training, one optimizer step at a time (`docs/method.md` §1, "One step").
 
     rollout → reward → teacher contexts → micro-batches (student with grad, teacher without) →
     I over micro-batches (and ranks) → ρ → clip (skip if non-finite) → modulated AdamW step →

@@ -1,7 +1,7 @@
 """Reduce the information signal over data-parallel ranks.
 
 Every rank must step with the same ρ, so I is reduced exactly: the numerators Σ m·D and the
-denominators Σ m of all micro-batches and ranks are summed, then divided once (METHOD.md §2).
+denominators Σ m of all micro-batches and ranks are summed, then divided once (`docs/method.md` §2).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ value or in the gradient), and keep the input dtype.
     KL(a ‖ b)  = Σ_s a_s (log a_s − log b_s)               (+inf where b_s = 0 < a_s)
     D_β(p, q)  = (1 − β)·KL(p ‖ M) + β·KL(q ‖ M),   M = (1 − β)·p + β·q
 
-D_β is the generalised Jensen–Shannon divergence of SDPO (METHOD.md §1): β = 0 gives KL(q ‖ p),
+D_β is the generalised Jensen–Shannon divergence of SDPO (`docs/method.md` §1): β = 0 gives KL(q ‖ p),
 β = 1 gives KL(p ‖ q), β = ½ the Jensen–Shannon divergence (≤ log 2).
 """
 

@@ -2,7 +2,7 @@
 
 If the student p is the feedback-marginal of the teacher q(· | F), then E_F KL(q ‖ p) = I(Y; F),
 the mutual information between the student's prediction and the feedback. The plug-in estimate on a
-batch (METHOD.md §2) is the token mean over masked-in positions,
+batch (`docs/method.md` §2) is the token mean over masked-in positions,
 
     I = Σ_{i,t} m_{i,t} · KL(q_{i,t} ‖ p_{i,t}) / Σ_{i,t} m_{i,t},
 

@@ -1,7 +1,7 @@
 """The PGPO step-size multiplier ρ = g(I).
 
 PGPO scales each optimizer step by ρ_t = g(I_t), where I_t ≥ 0 is the information signal of the
-batch (METHOD.md §2). The paper's form is the hard cap
+batch (`docs/method.md` §2). The paper's form is the hard cap
 
     ρ = min(1 + α·I, ρ_max),        α ≥ 0 (sensitivity),  ρ_max ≥ 1 (cap),
 

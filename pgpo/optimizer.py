@@ -1,7 +1,7 @@
 """Scale one optimizer step by ρ without touching the optimizer's state.
 
 PGPO acts on the *final update* of a step, θ ← θ + ρ·Δθ, where Δθ is the update the optimizer would
-have made (METHOD.md §2). Not on the loss: Adam's direction is invariant to the gradient's scale and
+have made (`docs/method.md` §2). Not on the loss: Adam's direction is invariant to the gradient's scale and
 clipping would undo it. The state buffers (momentum, Adam's exp_avg and exp_avg_sq, step counts) must
 be bit-for-bit those of the unmodulated step, so that PGPO changes how far the parameters move and
 nothing else.
@@ -11,7 +11,7 @@ Two ways to get there, both exact up to floating-point rounding of the update:
 - "lr": multiply every param group's learning rate by ρ for the duration of `step()` and restore it
   afterwards. For the torch optimizers whose update is linear in lr and whose state never sees lr
   (SGD, Adam, AdamW, ...), this is free. AdamW's decoupled weight decay, θ ← θ·(1 − lr·λ), is part
-  of the update and is scaled by ρ as well (METHOD.md §2 decision): the whole step, decay included,
+  of the update and is scaled by ρ as well (a decision, `docs/method.md` §2): the whole step, decay included,
   is ρ times longer.
 - "delta": keep a copy of the parameters, take the plain step, then move to θ_old + ρ·(θ_new − θ_old).
   Correct for any optimizer (Rprop, ASGD, LBFGS, Adafactor, user-written ones) at the cost of one

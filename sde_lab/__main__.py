@@ -10,7 +10,7 @@ import time
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sde_lab", description="Weak-order checks of SGD and PGPO.")
     sub = parser.add_subparsers(dest="command", required=True)
-    verify = sub.add_parser("verify", help="measure the claims of SDE_LAB.md and print one table")
+    verify = sub.add_parser("verify", help="measure the weak-order claims (docs/weak_order.md) and print one table")
     verify.add_argument("--quick", action="store_true", help="fewer paths and shorter ladders (under a minute)")
     verify.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     verify.add_argument("--only", metavar="TEXT", help="run only the claims whose label contains TEXT")

@@ -224,7 +224,7 @@ def _weak_error_draw(data: dict):
 # ---------------------------------------------------------------------------------------------
 # order 2: SGD and PGPO against the order-2 SME; the paper's diffusion cannot reach it
 
-Q1D = dict(hessian=(2.0,), x0=(1.5,), noise_scale=0.5)  # SDE_LAB.md's 1-D PGPO quadratic
+Q1D = dict(hessian=(2.0,), x0=(1.5,), noise_scale=0.5)  # the 1-D PGPO quadratic of docs/weak_order.md
 
 
 def _order_two_data(quick: bool) -> dict:

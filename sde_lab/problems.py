@@ -1,4 +1,4 @@
-"""Built-in problems (SDE_LAB.md): two with exact moments, four that need Monte Carlo.
+"""Built-in problems (`docs/weak_order.md`): two with exact moments, four that need Monte Carlo.
 
 Each returns a `Problem` in float64. Where a problem has no natural information signal, its state
 signal is the smooth bounded I(x) = |∇L|² / (1 + |∇L|²), and its mini-batch signal is the same

@@ -1,4 +1,4 @@
-"""`python -m sde_lab verify`: the claims of SDE_LAB.md, measured on the built-in problems.
+"""`python -m sde_lab verify`: the claims of `docs/weak_order.md`, measured on the built-in problems.
 
 Each claim is one row: problem, process, SDE, the claim, the measurement (slope with its 95% CI, or
 a ratio), and the verdict. Claims marked `must_hold` come from theory; the run exits non-zero if one
@@ -74,7 +74,7 @@ def _order_row(must_hold: bool, problem, etas, horizon, judge=None, **kwargs) ->
 def _not_order_two(r) -> tuple[str, bool]:
     """The paper's diffusion with the order-2 drift: the local slope at the finest pair stays clear of 2.
 
-    Its errors approach order 1 from above only on deep ladders (SDE_LAB.md), so the fitted slope
+    Its errors approach order 1 from above only on deep ladders (`docs/weak_order.md`), so the fitted slope
     over a short one is a mix; the finest local slope, with its own interval, is the sharper test.
     """
     e, se, eta = r.errors[-2:], r.stderr[-2:], r.etas[-2:]
@@ -131,7 +131,7 @@ def _stationary_spread(quick: bool) -> Row:
 def claims() -> list[Claim]:
     smooth, smooth4 = Multiplier(2.0, 2.0, form="smooth"), Multiplier(4.0, 2.0, form="smooth")
     hard = Multiplier(2.0, 2.0, form="linear")
-    q1d = dict(hessian=(2.0,), x0=(1.5,), noise_scale=0.5)  # SDE_LAB.md's 1-D PGPO quadratic
+    q1d = dict(hessian=(2.0,), x0=(1.5,), noise_scale=0.5)  # the 1-D PGPO quadratic of docs/weak_order.md
     mb = dict(n=8, noise=2.0, dim=1)  # ρ(I_γ) and ∇ℓ_γ strongly correlated; 1-D, so the quantile coupling is tight
 
     def paths(quick, n):

@@ -47,7 +47,7 @@ class WeakErrorResult:
     poly_fit: PolynomialFit
     checkpoint_times: np.ndarray  # the multiples of the coarsest η up to T
     checkpoint_errors: np.ndarray  # (len(etas), len(checkpoint_times)) signed errors there
-    paths_needed: np.ndarray  # M for a 95% half-width ≤ 20% of |e| (SDE_LAB.md); 0 when exact
+    paths_needed: np.ndarray  # M for a 95% half-width ≤ 20% of |e| (docs/weak_order.md); 0 when exact
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -78,7 +78,7 @@ class WeakErrorResult:
         }
 
     def verdict(self) -> str:
-        """Does the measurement bear out the claimed order? (SDE_LAB.md's acceptance rules.)
+        """Does the measurement bear out the claimed order? (the acceptance rules of `docs/weak_order.md`.)
 
         Order p holds when |slope − p| < 0.2 (p = 1) or 0.3 (p = 2) with a CI narrower than 0.3
         (p = 1); a slope clearly above p also bears the claim out (weak order p is an upper bound
@@ -128,7 +128,7 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
             real mini-batches, independent of the reference). Default: "sample" for signal="minibatch",
             else "gaussian".
         reference: "auto" (exact where the oracle covers it), "exact" (or an error), or "em".
-        refine: r, the reference solves at dt = η/2^r (r ≥ 1; SDE_LAB.md asks r ≥ 4).
+        refine: r, the reference solves at dt = η/2^r (r ≥ 1; `docs/weak_order.md` asks r ≥ 4).
         richardson: extrapolate the reference in dt.
         device: torch device for the paths.
         progress: show a progress bar over the ladder.

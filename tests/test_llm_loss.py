@@ -1,4 +1,4 @@
-"""SDPO's loss and PGPO's information pair against a direct float64 formula (METHOD.md §1–2)."""
+"""SDPO's loss and PGPO's information pair against a direct float64 formula (`docs/method.md` §1–2)."""
 
 import itertools
 
@@ -31,7 +31,7 @@ def reference(student, teacher, response_mask, sample_mask, beta, topk, add_tail
                     p, q = p[idx] / p[idx].sum(), q[idx] / q[idx].sum()
             m = (1 - beta) * p + beta * q
             kl = lambda a, b: (a * (torch.log(a) - torch.log(b))).sum()  # noqa: E731 (no zeros here)
-            # METHOD.md's endpoints: β = 0 is KL(q ‖ p), β = 1 is KL(p ‖ q) (the mixture formula degenerates there)
+            # docs/method.md's endpoints: β = 0 is KL(q ‖ p), β = 1 is KL(p ‖ q) (the mixture formula degenerates there)
             d = kl(q, p) if beta == 0 else kl(p, q) if beta == 1 else (1 - beta) * kl(p, m) + beta * kl(q, m)
             if response_mask[i, t]:
                 terms.append(w[i, t] * d)

@@ -221,7 +221,7 @@ def test_smoke_runs_full_steps_on_a_random_model_of_a_given_shape():
 
 
 def test_qwen3_8b_shape_has_the_published_parameter_count():
-    """8,190,735,360 (LLM_RUNS.md), from the config alone: meta tensors, nothing allocated."""
+    """8,190,735,360 (Qwen/Qwen3-8B's published config), from the config alone: meta tensors, nothing allocated."""
     from transformers import AutoModelForCausalLM, Qwen3Config
 
     from llm_runs.smoke import SHAPES

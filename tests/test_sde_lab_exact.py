@@ -13,7 +13,7 @@ from sde_lab.discrete import DiscreteProcess
 from sde_lab.fit import slope_fit
 from sde_lab.sme import SDEModel, sme
 
-DEEP = [2.0**-j for j in range(9, 15)]  # SDE_LAB.md: the asymptotic range of the quadratic starts late
+DEEP = [2.0**-j for j in range(9, 15)]  # docs/weak_order.md: the asymptotic range of the quadratic starts late
 
 
 def test_sgd_vs_order_one_sme_on_the_quadratic_is_order_one():
@@ -26,7 +26,7 @@ def test_sgd_vs_order_one_sme_on_the_quadratic_is_order_one():
 
 
 def test_e_over_eta_tends_to_the_exact_constant():
-    """lim e/η = −½ Σ λ³ t u₀² e^{−2λt} = −0.0886… for SDE_LAB.md's quadratic (g = L, T = 2)."""
+    """lim e/η = −½ Σ λ³ t u₀² e^{−2λt} = −0.0886… for the quadratic of docs/weak_order.md (g = L, T = 2)."""
     lam, u0, t = np.array([0.5, 1.0, 2.0]), np.array([2.0, -1.0, 1.0]), 2.0
     constant = float(np.sum(-0.5 * lam**3 * t * u0**2 * np.exp(-2 * lam * t)))
     assert constant == pytest.approx(-0.0886670, abs=1e-6)
@@ -54,7 +54,7 @@ def test_random_hessian_orders():
 
 
 def test_a_wrong_diffusion_shows_against_the_order_two_sme():
-    """SDE_LAB.md: doubling Σ in the SME keeps slope 1 against order 1 but breaks slope 2."""
+    """docs/weak_order.md: doubling Σ in the SME keeps slope 1 against order 1 but breaks slope 2."""
     problem = problems.quadratic()
 
     def doubled(eta, order):

@@ -1,4 +1,4 @@
-"""sde_lab with Monte Carlo: coupled, seeded, quick. Slopes are held to 1 ± 0.25 (SDE_LAB.md's rules)."""
+"""sde_lab with Monte Carlo: coupled, seeded, quick. Slopes are held to 1 ± 0.25 (the rules of docs/weak_order.md)."""
 
 import numpy as np
 import pytest
