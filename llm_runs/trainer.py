@@ -296,9 +296,16 @@ class Trainer:
                                state, keep=self.config.train.keep_checkpoints, mark_latest=mark_latest)
 
     def resume(self) -> bool:
+        """Load the latest checkpoint, if any, and push its weights to the rollout engine (which started from
+        the base model)."""
         path = checkpoint.latest(self.run_dir)
         if path is None:
             return False
+        self._load(path)
+        self.engine.update_weights(self.model.named_parameters())
+        return True
+
+    def _load(self, path: Path) -> None:
         if checkpoint.is_sharded(path) or self.world > 1:
             state = checkpoint.load_sharded(path, self.model, self.optimizer, self.teacher.model, self.rank)
             self.scheduler.load_state_dict(state["scheduler"])
@@ -307,24 +314,24 @@ class Trainer:
             if self.rank == 0:
                 with self.metrics_path.open("r+b") as f:
                     f.truncate(self.state.metrics_offset)
-            self.engine.update_weights(self.model.named_parameters())  # the engine started from the base model
-            return True
+            return
         from safetensors.torch import load_file
 
         if self.config.model.lora_rank:
             from peft import set_peft_model_state_dict
 
             set_peft_model_state_dict(self.model, load_file(path / "adapter_model.safetensors", device=str(self.device)))
-            return self._resume_rest(path)
+            self._load_rest(path)
+            return
         weights = {}
         for shard in sorted(path.glob("*.safetensors")):
             weights.update(load_file(shard, device=str(self.device)))
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
             raise RuntimeError(f"checkpoint {path}: missing {missing}, unexpected {unexpected}")
-        return self._resume_rest(path)
+        self._load_rest(path)
 
-    def _resume_rest(self, path: Path) -> bool:
+    def _load_rest(self, path: Path) -> None:
         state = torch.load(path / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -334,8 +341,6 @@ class Trainer:
         self.state = RunState(**state["run"])
         with self.metrics_path.open("r+b") as f:  # rows written after the checkpoint are redone
             f.truncate(self.state.metrics_offset)
-        self.engine.update_weights(self.model.named_parameters())  # the engine started from the base model
-        return True
 
     # -- one step -----------------------------------------------------------------------------
 
