@@ -1,6 +1,6 @@
 """`python -m llm_runs train --config PATH [key=value ...] | --resume RUN_DIR`,
 `python -m llm_runs eval --checkpoint DIR [--data FILE] [--engine hf|vllm] [key=value ...]` and
-`python -m llm_runs bench --config PATH [--steps K] [--repeats R]`,
+`python -m llm_runs bench --config PATH [--steps K] [--repeats R]`, `python -m llm_runs bench-loss [--lengths ...]`,
 `python -m llm_runs warm-start --config PATH --out DIR [key=value ...]` and `python -m llm_runs demo [--quick]`."""
 
 from __future__ import annotations
@@ -100,6 +100,24 @@ def _bench(args) -> int:
     return 0
 
 
+def _bench_loss(args) -> int:
+    import torch
+
+    from llm_runs.bench_loss import measure, report
+
+    devices = [d for d in args.device.split(",") if d != "cuda" or torch.cuda.is_available()]
+    if not devices:
+        raise ConfigError(f"--device {args.device}: no CUDA device is visible")
+    for device in devices:
+        rows = measure(args.lengths, args.vocab, args.hidden, args.dtype or ("bfloat16" if device == "cuda" else "float32"),
+                       device, args.topk, args.chunk_size, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        print(report(rows) + "\n", flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+    return 0
+
+
 def _smoke(args) -> int:
     from llm_runs.smoke import report, run
 
@@ -156,6 +174,16 @@ def main(argv=None) -> int:
     bench.add_argument("--steps", type=int, default=5, help="timed steps per run (after one warm-up step)")
     bench.add_argument("--repeats", type=int, default=5, help="fresh runs per method")
     bench.add_argument("overrides", nargs="*", help="section.key=value")
+    bl = sub.add_parser("bench-loss", help="peak memory and time of one micro-batch's loss: plain against chunked")
+    bl.add_argument("--lengths", type=lambda v: [int(x) for x in v.split(",")], default=[1024, 4096, 8192],
+                    help="response positions T per micro-batch (default 1024,4096,8192)")
+    bl.add_argument("--vocab", type=int, default=151_936, help="vocabulary V (default: Qwen3-8B's)")
+    bl.add_argument("--hidden", type=int, default=4096, help="hidden size H (default: Qwen3-8B's)")
+    bl.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on CUDA")
+    bl.add_argument("--device", default="cpu,cuda", help="comma-separated; cuda is skipped where there is none")
+    bl.add_argument("--topk", type=int, default=100)
+    bl.add_argument("--chunk-size", type=int, help="positions per chunk (default: 256 MiB of float32 logits)")
+    bl.add_argument("--json", help="append every case's record to this JSON-lines file")
     smoke = sub.add_parser("smoke", help="full steps on a random model of the real shape (no weights needed)")
     smoke.add_argument("--shape", default="qwen3-8b", choices=["qwen3-8b", "tiny"])
     smoke.add_argument("--layers", type=int, help="keep the first K decoder layers (default: all)")
@@ -182,7 +210,7 @@ def main(argv=None) -> int:
     demo.add_argument("overrides", nargs="*", help="section.key=value, applied to llm_runs/configs/demo_cpu.yaml")
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "bench": _bench, "smoke": _smoke, "demo": _demo,
+        return {"train": _train, "eval": _eval, "bench": _bench, "bench-loss": _bench_loss, "smoke": _smoke, "demo": _demo,
                 "warm-start": _warm_start}[args.command](args)
     except ConfigError as err:
         parser.exit(2, f"error: {err}\n")

@@ -67,6 +67,10 @@ class LossConfig:
     add_tail: bool = True
     is_cap: float = 2.0  # importance weights w = min(exp(log π_train − log π_sampler), is_cap)
     micro_batch_size: int = 4  # sequences per forward/backward
+    # "chunked": from the final hidden states and the output head, one chunk of positions at a time (the
+    # (B, T, V) logits never exist); "plain": the model's logits and autograd (the reference). Equal results.
+    implementation: str = "chunked"
+    chunk_size: int | None = None  # positions per chunk; None: one (n, V) float32 buffer of at most 256 MiB
 
 
 @dataclass
@@ -153,6 +157,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.template": ("boxed", "answer_tag"),
     "rollout.engine": ("hf", "vllm"),
+    "loss.implementation": ("chunked", "plain"),
     "teacher.kind": ("ema", "live", "frozen"),
     "teacher.demonstration": ("sibling", "ground_truth"),
     "pgpo.form": ("linear", "smooth"),
@@ -166,7 +171,7 @@ RANGES = {  # key: (lower, upper), inclusive
     "rollout.prompts_per_step": (1, None), "rollout.samples_per_prompt": (1, None), "rollout.max_new_tokens": (1, None),
     "loss.micro_batch_size": (1, None), "rollout.gpu_memory_utilization": (0.0, 1.0),
     "rollout.cpu_kv_cache_gib": (0.0, None), "loss.topk": (1, None), "model.lora_rank": (1, None), "train.steps": (0, None), "eval.samples": (1, None),
-    "train.eval_every": (0, None), "train.checkpoint_every": (0, None), "loss.is_cap": (0.0, None),
+    "train.eval_every": (0, None), "train.checkpoint_every": (0, None), "loss.is_cap": (0.0, None), "loss.chunk_size": (1, None),
     "warm_start.steps": (0, None), "warm_start.batch_size": (1, None), "warm_start.lr": (0.0, None),
     "warm_start.guided_fraction": (0.0, 1.0),
 }

@@ -8,6 +8,18 @@ the rest of each distribution's mass (`add_tail`), or the top-k alone renormalis
 divergence needs two distributions), or the full vocabulary (`topk=None`). The information signal is
 KL(q ‖ p) on the same support, as a (numerator, denominator) pair over the tokens of masked-in
 sequences, so that it can be summed over micro-batches and ranks before dividing.
+
+Exact at any logit scale. The tail bucket's log-mass is a log-sum-exp over the logits outside the
+top-k, shifted by their own maximum — never log(1 − Σ_top-k p), which rounds to log 0 (and the loss
+to inf or NaN) once the top-k hold all but ~1e-7 of the mass, as they do on a confident token. The
+support's log-probabilities, the divergences and the sampled tokens' log-probabilities are computed
+in float64 from the logits (the support has k + 1 entries: this costs nothing next to the vocabulary);
+the only reductions over the vocabulary in float32 are the tail's sum of exponentials and the
+entropy's sum of non-negative terms, neither of which cancels.
+
+Two implementations share this arithmetic: `self_distillation_loss` below takes the logits and lets
+autograd differentiate it (the reference); `llm_runs.chunked_loss` takes the final hidden states and the
+output head, never holds more than one chunk of logits, and is what the trainer uses by default.
 """
 
 from __future__ import annotations
@@ -16,69 +28,175 @@ from dataclasses import dataclass
 
 import torch
 
-from pgpo import generalized_jsd, information
+from pgpo.divergence import generalized_jsd
+from pgpo.information import aggregate, divergence
+
+NEG_INF = float("-inf")
 
 
 @dataclass
 class SelfDistillationOutput:
-    """`loss` (0-d, differentiable in the student logits); pairs (numerator, denominator), 0-d each,
-    no gradient: `information` = KL(q ‖ p) (or the chosen `signal`) and `jsd` = D_½(p, q) on the support, over the tokens of
-    masked-in sequences; `entropy` = H(p) over the full vocabulary, over every response token."""
+    """`loss` (0-d, differentiable in the student's inputs); pairs (numerator, denominator), 0-d each,
+    no gradient: `information` = KL(q ‖ p) (or the chosen `signal`) and `jsd` = D_½(p, q) on the
+    support, over the tokens of masked-in sequences; `entropy` = H(p) over the full vocabulary, over
+    every response token. `token_logprobs`: (B, T) log π_train of the sampled tokens, detached (None
+    without `response_ids`)."""
 
     loss: torch.Tensor
     information: tuple[torch.Tensor, torch.Tensor]
     information_sequence: tuple[torch.Tensor, torch.Tensor]  # the sequence-mean's pair (pgpo reduce="sequence_sum")
     jsd: tuple[torch.Tensor, torch.Tensor]
     entropy: tuple[torch.Tensor, torch.Tensor]
+    token_logprobs: torch.Tensor | None = None
 
 
-def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 − eˣ) for x ≤ 0, accurate at both ends (Mächler's switch at −log 2)."""
-    x = x.clamp(max=0.0)
-    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+# ---------------------------------------------------------------------------------------------
+# the support, exactly
 
 
-def support_logprobs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, topk: int | None = 100,
-                     add_tail: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Student and teacher log-probabilities on the common support: (B, T, V) ×2 → (B, T, S) ×2.
-
-    S = V (topk None), k + 1 (top-k of the student + tail), or k (top-k renormalised). Computed in
-    float32 at least; the teacher's are detached.
-    """
-    return restrict(*full_logprobs(student_logits, teacher_logits), topk, add_tail)
-
-
-def full_logprobs(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vocabulary log-probabilities in float32 at least, the teacher's detached: (B, T, V) ×2 → same."""
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    return (torch.log_softmax(student_logits.to(dtype), dim=-1),
-            torch.log_softmax(teacher_logits.detach().to(dtype), dim=-1))
-
-
-def restrict(log_p: torch.Tensor, log_q: torch.Tensor, topk: int | None = 100,
-             add_tail: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full log-probabilities (B, T, V) → the support's (B, T, S); see `support_logprobs`."""
-    if topk is None or topk >= log_p.shape[-1]:
-        return log_p, log_q
-    if topk < 1:
+def full_vocabulary(topk: int | None, vocabulary: int) -> bool:
+    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
         raise ValueError(f"topk must be a positive integer or None, got {topk!r}")
-    index = log_p.detach().topk(topk, dim=-1).indices
-    top_p, top_q = log_p.gather(-1, index), log_q.gather(-1, index)
+    return topk is None or topk >= vocabulary
+
+
+def finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    """A shift for exp(): a row whose entries are all −inf has no maximum to subtract."""
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def tail_logsumexp(logits: torch.Tensor, top: torch.Tensor, shift: torch.Tensor, relative_to: torch.Tensor) -> torch.Tensor:
+    """log Σ_{v ∉ top} exp(logits_v) − relative_to: (..., V), (..., k), (...), (...) → (...) float64,
+    differentiable in `logits`.
+
+    `shift` is the largest logit outside `top`: exp never under- or overflows where it matters, and
+    (shift − relative_to) + log Σ exp(logits − shift) keeps its digits at any magnitude.
+    """
+    shift = finite_or_zero(shift.detach())
+    rest = (logits.scatter(-1, top, NEG_INF) - shift[..., None]).exp()
+    return (shift.double() - relative_to) + rest.sum(-1).double().log()
+
+
+def log_normaliser(a: torch.Tensor) -> torch.Tensor:
+    """log Σ_s exp(a_s) over the last axis, (..., S) → (...), differentiable, exact where one entry dominates:
+    with a* the largest entry, a* + log1p(Σ_{s ≠ s*} exp(a_s − a*)) — log1p keeps the digits that
+    log(1 + tiny) rounds away (log p* of a confident token), and the shift is gathered at the argmax so
+    that its gradient goes to that entry alone, even at ties."""
+    top = a.detach().argmax(-1, keepdim=True)
+    shift = a.gather(-1, top)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    rest = (a - shift).exp().scatter(-1, top, 0.0).sum(-1, keepdim=True)
+    return (shift + torch.log1p(rest))[..., 0]
+
+
+def normalise(a: torch.Tensor) -> torch.Tensor:
+    """Log-masses → log-probabilities over the last axis (float64 in, float64 out)."""
+    return a - log_normaliser(a)[..., None]
+
+
+def student_support(logits: torch.Tensor, topk: int | None, add_tail: bool):
+    """The student's side of the support: (..., V) → (top, a, shift, log Z).
+
+    top: (..., k) the student's top-k tokens, or None for the whole vocabulary. a: (..., S) float64,
+    unnormalised log-masses on the support relative to `shift` (the largest logit, (...) float64): the
+    top-k logits, then the tail's log-sum-exp when `add_tail` (the whole vocabulary when `top` is None);
+    differentiable in `logits`. log Z: (...) float64, the log-normaliser over the whole vocabulary,
+    relative to `shift` (for the entropy and the sampled tokens' log-probabilities). Relative values keep
+    their digits where absolute logits of a few hundred would lose them.
+    """
+    if full_vocabulary(topk, logits.shape[-1]):
+        shift = finite_or_zero(logits.detach().amax(-1)).double()
+        a = logits.double() - shift[..., None]
+        return None, a, shift, log_normaliser(a)
+    values, index = logits.detach().topk(topk + 1, dim=-1)
+    top, shift = index[..., :topk], finite_or_zero(values[..., 0]).double()
+    tail = tail_logsumexp(logits, top, values[..., topk], shift)
+    a = torch.cat([logits.gather(-1, top).double() - shift[..., None], tail[..., None]], -1)
+    log_z = log_normaliser(a)
+    return top, (a if add_tail else a[..., :topk]), shift, log_z
+
+
+def teacher_support(logits: torch.Tensor, top: torch.Tensor | None, add_tail: bool) -> torch.Tensor:
+    """The teacher's unnormalised log-masses on the student's support: (..., V) → (..., S) float64,
+    relative to the teacher's largest logit."""
+    shift = finite_or_zero(logits.amax(-1)).double()[..., None]
+    if top is None:
+        return logits.double() - shift
+    gathered = logits.gather(-1, top).double() - shift
     if not add_tail:
-        return torch.log_softmax(top_p, dim=-1), torch.log_softmax(top_q, dim=-1)
-    tail_p = _log1mexp(torch.logsumexp(top_p, dim=-1, keepdim=True))
-    tail_q = _log1mexp(torch.logsumexp(top_q, dim=-1, keepdim=True))
-    return torch.cat([top_p, tail_p], dim=-1), torch.cat([top_q, tail_q], dim=-1)
+        return gathered
+    tail = tail_logsumexp(logits, top, logits.scatter(-1, top, NEG_INF).amax(-1), shift[..., 0])
+    return torch.cat([gathered, tail[..., None]], -1)
+
+
+def token_logprobs_of(logits: torch.Tensor, ids: torch.Tensor, shift: torch.Tensor, log_z: torch.Tensor) -> torch.Tensor:
+    """log p of the tokens `ids` (...) from the logits (..., V) and `student_support`'s shift and log Z → (...) float64."""
+    return (logits.detach().gather(-1, ids[..., None].long())[..., 0].double() - shift) - log_z.detach()
+
+
+@torch.no_grad()
+def entropy(logits: torch.Tensor, shift: torch.Tensor, log_z: torch.Tensor) -> torch.Tensor:
+    """H(p) over the vocabulary from the logits (..., V) and `student_support`'s shift and log Z → (...) float64.
+
+    log p = (z − shift) − log Z: both parts small, so log p keeps its digits where p ≈ 1, and the sum
+    is of non-negative terms.
+    """
+    log_p = (logits - shift.to(logits.dtype)[..., None]) - log_z.to(logits.dtype)[..., None]
+    log_p = log_p.clamp(min=torch.finfo(log_p.dtype).min)  # −inf logits: 0·log 0 = 0, not NaN
+    return -(log_p.exp() * log_p).sum(-1).double()
+
+
+# ---------------------------------------------------------------------------------------------
+# weights and the pooled metrics, shared with the chunked implementation
 
 
 def importance_weights(trainer_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float = 2.0) -> torch.Tensor:
     """w = min(exp(log π_train − log π_sampler), cap), detached: (B, T) ×2 → (B, T)."""
-    return torch.exp(trainer_logprobs.detach() - sampler_logprobs.detach()).clamp(max=cap)
+    return torch.exp(trainer_logprobs.detach() - sampler_logprobs.detach().to(trainer_logprobs.dtype)).clamp(max=cap)
+
+
+def check_shapes(batch: int, length: int, response_mask, sample_mask, **per_token) -> None:
+    if response_mask.shape != (batch, length) or sample_mask.shape != (batch,):
+        raise ValueError(f"response_mask must be ({batch}, {length}) and sample_mask ({batch},), got "
+                         f"{tuple(response_mask.shape)} and {tuple(sample_mask.shape)}")
+    for name, value in per_token.items():
+        if value is not None and value.shape != (batch, length):
+            raise ValueError(f"{name} must be ({batch}, {length}) like response_mask, got {tuple(value.shape)}")
+
+
+def token_coefficients(response_mask: torch.Tensor, sample_mask: torch.Tensor) -> torch.Tensor:
+    """c_{i,t} = m_i · 1[t ∈ response_i] / (|response_i| · B), so that L = Σ_{i,t} c_{i,t} w_{i,t} D_{i,t}: (B, T) float64."""
+    tokens = response_mask.double()
+    per_sequence = sample_mask.double() / (tokens.sum(1).clamp(min=1.0) * response_mask.shape[0])
+    return tokens * per_sequence[:, None]
+
+
+def weighted_sum(coefficients: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Σ c·v where positions with c = 0 contribute 0 even if v is inf or NaN there (padding, no teacher)."""
+    return torch.where(coefficients != 0, coefficients * values, torch.zeros_like(values)).sum()
+
+
+def pool(information: torch.Tensor, jsd: torch.Tensor, entropy_: torch.Tensor, response_mask: torch.Tensor,
+         sample_mask: torch.Tensor, dtype: torch.dtype) -> dict:
+    """The metric pairs from per-token values (B, T) (no gradient), in `dtype`."""
+    tokens = response_mask.to(information.dtype)
+    used = tokens * sample_mask.to(tokens.dtype)[:, None]  # only sequences with a teacher
+    cast = lambda pair: tuple(x.to(dtype) for x in pair)  # noqa: E731
+    return {"information": cast(aggregate(information, used, "sum")),
+            "information_sequence": cast(aggregate(information, used, "sequence_sum")),
+            "jsd": cast(aggregate(jsd, used, "sum")),
+            "entropy": cast(aggregate(entropy_, tokens, "sum"))}
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss from logits (autograd)
 
 
 def self_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, response_mask: torch.Tensor,
                            sample_mask: torch.Tensor, beta: float = 0.5, topk: int | None = 100, add_tail: bool = True,
-                           is_weights: torch.Tensor | None = None, signal: str = "kl") -> SelfDistillationOutput:
+                           is_weights: torch.Tensor | None = None, signal: str = "kl",
+                           response_ids: torch.Tensor | None = None, sampler_logprobs: torch.Tensor | None = None,
+                           is_cap: float = 2.0) -> SelfDistillationOutput:
     """The loss and the information pair for one micro-batch.
 
     Args:
@@ -87,32 +205,40 @@ def self_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.T
         response_mask: (B, T), 1 on real response tokens (0 on padding).
         sample_mask: (B,), m_i: 1 where the sequence has a teacher; masked sequences still count in B.
         beta: D_β's mixing weight (0: KL(q‖p), ½: JSD, 1: KL(p‖q)).
-        topk, add_tail: the support (see `support_logprobs`).
+        topk, add_tail: the support: the student's top-k tokens plus a tail bucket, the top-k renormalised
+            (`add_tail=False`), or the whole vocabulary (`topk=None`).
         is_weights: (B, T) importance weights w (see `importance_weights`), detached; None = 1.
         signal: the information's divergence, a `pgpo.information` kind: "kl" = KL(q ‖ p) (`docs/method.md` §2),
             "reverse_kl", "jsd".
+        response_ids: (B, T) the sampled tokens; gives `token_logprobs`.
+        sampler_logprobs: (B, T) the rollout engine's log-probabilities of them; with `response_ids`, the
+            importance weights are computed here (capped at `is_cap`) instead of being passed in.
     """
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 3:
         raise ValueError(f"student and teacher logits must both be (B, T, V), got {tuple(student_logits.shape)} "
                          f"and {tuple(teacher_logits.shape)}")
     batch, length = student_logits.shape[:2]
-    if response_mask.shape != (batch, length) or sample_mask.shape != (batch,):
-        raise ValueError(f"response_mask must be ({batch}, {length}) and sample_mask ({batch},), got "
-                         f"{tuple(response_mask.shape)} and {tuple(sample_mask.shape)}")
-    full_p, full_q = full_logprobs(student_logits, teacher_logits)  # once: the support and the entropy share it
-    log_p, log_q = restrict(full_p, full_q, topk, add_tail)
-    divergence = generalized_jsd(log_p, log_q, beta)  # (B, T)
-    tokens = response_mask.to(divergence.dtype)
+    check_shapes(batch, length, response_mask, sample_mask, is_weights=is_weights, response_ids=response_ids,
+                 sampler_logprobs=sampler_logprobs)
+    if sampler_logprobs is not None and (response_ids is None or is_weights is not None):
+        raise ValueError("sampler_logprobs needs response_ids, and replaces is_weights")
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)  # of the vocabulary-wide arithmetic
+    z, y = student_logits.to(dtype), teacher_logits.detach().to(dtype)
+    top, a, shift, log_z = student_support(z, topk, add_tail)
+    log_p, log_q = normalise(a), normalise(teacher_support(y, top, add_tail))
+
+    token_logprobs = None
+    if response_ids is not None:
+        token_logprobs = token_logprobs_of(z, response_ids, shift, log_z)
+        if sampler_logprobs is not None:
+            is_weights = importance_weights(token_logprobs, sampler_logprobs, is_cap)
+    per_token = token_coefficients(response_mask, sample_mask)
     if is_weights is not None:
-        divergence = divergence * is_weights.detach().to(divergence.dtype)
-    per_sequence = (divergence * tokens).sum(dim=1) / tokens.sum(dim=1).clamp(min=1.0)
-    loss = (sample_mask.to(per_sequence.dtype) * per_sequence).sum() / batch
+        per_token = per_token * is_weights.detach().double()
+    loss = weighted_sum(per_token, generalized_jsd(log_p, log_q, beta))
     with torch.no_grad():
-        used = tokens * sample_mask.to(tokens.dtype)[:, None]
-        kl_pair = information(log_p.detach(), log_q, used, kind=signal, reduce="sum")
-        kl_sequence = information(log_p.detach(), log_q, used, kind=signal, reduce="sequence_sum")
-        jsd_pair = information(log_p.detach(), log_q, used, kind="jsd", reduce="sum")
-        full = full_p.detach()  # entropy over the whole vocabulary
-        entropy = -(full.exp() * torch.nan_to_num(full, neginf=0.0)).sum(-1)
-        entropy_pair = ((entropy * tokens).sum(), tokens.sum())
-    return SelfDistillationOutput(loss, kl_pair, kl_sequence, jsd_pair, entropy_pair)
+        lp = log_p.detach()
+        metrics = pool(divergence(lp, log_q, signal), divergence(lp, log_q, "jsd"), entropy(z.detach(), shift, log_z.detach()),
+                       response_mask, sample_mask, dtype)
+    return SelfDistillationOutput(loss.to(dtype), **metrics,
+                                  token_logprobs=None if token_logprobs is None else token_logprobs.to(dtype))

@@ -65,6 +65,12 @@ def shard(model: torch.nn.Module, device: torch.device, reshard_after_forward: b
     return model
 
 
+def reshard(module: torch.nn.Module) -> None:
+    """Free what an FSDP2 module's explicit `unshard()` gathered (not recursive; a no-op with one process)."""
+    if world_size() > 1 and hasattr(module, "reshard"):
+        module.reshard()
+
+
 def gather(values: list) -> list:
     """Every rank's list, concatenated in rank order, on every rank."""
     if world_size() == 1:

@@ -31,7 +31,8 @@ from llm_runs import checkpoint, parallel
 from llm_runs.config import ConfigError, RunConfig
 from llm_runs.data import PromptSampler, load_hub, load_split, render
 from llm_runs.evaluate import evaluate
-from llm_runs.loss import importance_weights, self_distillation_loss
+from llm_runs.chunked_loss import chunked_self_distillation_loss, response_hidden
+from llm_runs.loss import SelfDistillationOutput, self_distillation_loss
 from llm_runs.reward import score
 from llm_runs.rollout import HFEngine, Sampling
 from llm_runs.teacher import AdapterTeacher, TeacherWeights, demonstrations
@@ -186,6 +187,36 @@ class Timer:
             yield
         finally:
             self.seconds[stage] += time.perf_counter() - start
+
+
+class MetricSums:
+    """The step's running sums for its metrics row, kept on the device (no host sync per micro-batch)."""
+
+    KEYS = ("info_num", "info_den", "loss", "kl_num", "kl_den", "jsd_num", "jsd_den", "entropy_num", "entropy_den",
+            "lp_gap_sum", "tokens")
+
+    def __init__(self, device: torch.device):
+        self.values = torch.zeros(len(self.KEYS), dtype=torch.float64, device=device)
+        self.gap_max = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, out: SelfDistillationOutput, batch: Batch, reduce: str, weight: float) -> None:
+        pair = out.information if reduce == "token" else out.information_sequence
+        gap = (out.token_logprobs.double() - batch.sampler_logprobs.double()).abs() * batch.response_mask
+        parts = [*pair, out.loss.detach() * weight, *out.information, *out.jsd, *out.entropy, gap.sum(),
+                 batch.response_mask.sum()]
+        self.values += torch.stack([x.double().reshape(()) for x in parts])
+        self.gap_max = torch.maximum(self.gap_max, gap.max().double())
+
+    def information_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.values[0], self.values[1]
+
+    def read(self, information: torch.Tensor, grad_norm) -> tuple[float, float, dict]:
+        """(I, grad norm, the sums by name) in one device-to-host copy."""
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+            grad_norm = grad_norm.full_tensor()
+        head = torch.stack([information.double().reshape(()), grad_norm.double().reshape(()), self.gap_max])
+        values = torch.cat([head, self.values]).tolist()
+        return values[0], values[1], {"lp_gap_max": values[2], **dict(zip(self.KEYS, values[3:]))}
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -344,6 +375,26 @@ class Trainer:
 
     # -- one step -----------------------------------------------------------------------------
 
+    def _micro_batch_loss(self, batch: Batch, timer: Timer) -> SelfDistillationOutput:
+        """Teacher forward (no gradient), student forward, the loss and its metrics (`loss.implementation`)."""
+        c, length = self.config, batch.response_ids.shape[1]
+        chunked = c.loss.implementation == "chunked"
+        forward = response_hidden if chunked else response_logits
+        with timer("teacher"), torch.no_grad(), self.teacher.forward() as network:
+            teacher = forward(network, batch.teacher_ids, batch.teacher_attention, length)
+        with timer("train"):
+            student = forward(self.model, batch.student_ids, batch.student_attention, length)
+            options = dict(beta=c.loss.beta, topk=c.loss.topk, add_tail=c.loss.add_tail, signal=c.pgpo.signal,
+                           response_ids=batch.response_ids, sampler_logprobs=batch.sampler_logprobs,
+                           is_cap=c.loss.is_cap)
+            if not chunked:
+                return self_distillation_loss(student, teacher, batch.response_mask, batch.sample_mask, **options)
+            out = chunked_self_distillation_loss(*student, *teacher, batch.response_mask, batch.sample_mask,
+                                                 chunk_size=c.loss.chunk_size, **options)
+            if network is not self.model:  # a separate teacher under FSDP2: free the head it gathered
+                parallel.reshard(network)
+            return out
+
     def step(self) -> dict:
         c, timer = self.config, Timer()
         P, n = c.rollout.prompts_per_step, c.rollout.samples_per_prompt
@@ -377,8 +428,8 @@ class Trainer:
                 for r, d in zip(rollouts, demos)]
         mask = [0.0 if d is None else 1.0 for d in demos]
 
-        totals = defaultdict(float)
         total = P * n  # the global batch
+        sums = MetricSums(self.device)  # on the device: read back once, after the loop
         self.optimizer.zero_grad(set_to_none=True)
         for start in range(0, len(rollouts), c.loss.micro_batch_size):  # this rank's share
             part = slice(start, start + c.loss.micro_batch_size)
@@ -386,38 +437,20 @@ class Trainer:
                                [r.token_ids for r in rollouts[part]], [r.logprobs for r in rollouts[part]],
                                mask[part], self.pad)
             batch = Batch(*(t.to(self.device) for t in batch.__dict__.values()))
-            length = batch.response_ids.shape[1]
-            with timer("teacher"), torch.no_grad(), self.teacher.forward() as network:
-                teacher_logits = response_logits(network, batch.teacher_ids, batch.teacher_attention, length)
+            out = self._micro_batch_loss(batch, timer)
             with timer("train"):
-                student_logits = response_logits(self.model, batch.student_ids, batch.student_attention, length)
-                trainer_logprobs = torch.log_softmax(student_logits.detach().float(), -1).gather(
-                    -1, batch.response_ids[..., None])[..., 0]
-                weights = importance_weights(trainer_logprobs, batch.sampler_logprobs, c.loss.is_cap)
-                out = self_distillation_loss(student_logits, teacher_logits, batch.response_mask, batch.sample_mask,
-                                             c.loss.beta, c.loss.topk, c.loss.add_tail, weights, c.pgpo.signal)
                 b = batch.sample_mask.shape[0]
                 # Σ over micro-batches and ranks = the mean over all P·n sequences (FSDP averages over ranks)
                 (out.loss * (b * self.world / total)).backward()
-            pair = out.information if c.pgpo.reduce == "token" else out.information_sequence
-            totals["info_num"] += pair[0].item()
-            totals["info_den"] += pair[1].item()
-            totals["loss"] += out.loss.item() * b / total
-            for key, (num, den) in (("jsd", out.jsd), ("entropy", out.entropy), ("kl", out.information)):
-                totals[key + "_num"] += num.item()
-                totals[key + "_den"] += den.item()
-            gap = (trainer_logprobs - batch.sampler_logprobs).abs() * batch.response_mask
-            totals["lp_gap_sum"] += gap.sum().item()
-            totals["lp_gap_max"] = max(totals["lp_gap_max"], gap.max().item())
-            totals["tokens"] += batch.response_mask.sum().item()
+            sums.add(out, batch, reduce=c.pgpo.reduce, weight=b / total)
 
         with timer("train"):
-            pair = (torch.tensor(totals["info_num"], device=self.device), torch.tensor(totals["info_den"], device=self.device))
-            information = global_information(*pair).item()  # summed over ranks: every rank gets the same ρ
+            information = global_information(*sums.information_pair())  # summed over ranks: one ρ on every rank
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.clip_norm)
+            information, grad_norm, totals = sums.read(information, grad_norm)  # the step's one host sync
             nonfinite = not math.isfinite(information)
             self.state.nonfinite_information_total += int(nonfinite)
             rho = float(self.multiplier(information)) if self.multiplier is not None else 1.0
-            grad_norm = parallel.as_float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.clip_norm))
             skipped = not math.isfinite(grad_norm)
             lr = self.optimizer.param_groups[0]["lr"]
             if skipped:  # the step is dropped: no update, no scheduler tick, no EMA move
@@ -435,7 +468,7 @@ class Trainer:
 
         self.state.step += 1
         if self.world > 1:  # what the metrics need from every rank
-            parts = parallel.gather([dict(totals)])
+            parts = parallel.gather([totals])
             totals = {k: (max if k == "lp_gap_max" else sum)(p[k] for p in parts) for k in parts[0]}
             rewards, mask = parallel.gather(rewards), parallel.gather(mask)
             finished = parallel.gather([r.finish_reason for r in rollouts])

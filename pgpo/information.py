@@ -82,10 +82,23 @@ def information(student_logprobs, teacher_logprobs, mask=None, kind: str = "kl",
         if weight.shape != positions:
             raise ValueError(f"mask must have shape {tuple(positions)} (the inputs without their last axis), got {tuple(weight.shape)}")
 
-    d = divergence(log_p, log_q, kind)
-    # masked-out positions may hold anything (padding): they must not turn the sum into NaN
-    d = torch.where(weight != 0, d, torch.zeros_like(d)) * weight
+    result = aggregate(divergence(log_p, log_q, kind), weight, reduce)
+    if from_numpy:
+        return tuple(r.cpu().numpy()[()] for r in result) if isinstance(result, tuple) else result.cpu().numpy()[()]
+    return result
 
+
+def aggregate(values: torch.Tensor, weight: torch.Tensor, reduce: str = "token"):
+    """Pool per-position values (a divergence already computed, shape (...)) with `weight` (same shape) as
+    `information` does (see its `reduce`): a 0-d tensor, or a (numerator, denominator) pair for the
+    "…sum" reductions. Masked-out positions may hold anything, even NaN or inf."""
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    if values.shape != weight.shape:
+        raise ValueError(f"values and weight must have the same shape, got {tuple(values.shape)} and {tuple(weight.shape)}")
+    weight = weight.to(values.dtype)
+    # masked-out positions may hold anything (padding): they must not turn the sum into NaN
+    d = torch.where(weight != 0, values, torch.zeros_like(values)) * weight
     if reduce in ("token", "sum"):
         numerator, denominator = d.sum(), weight.sum()
     else:
@@ -93,15 +106,8 @@ def information(student_logprobs, teacher_logprobs, mask=None, kind: str = "kl",
             raise ValueError(f"reduce={reduce!r} needs a sequence axis: shape (..., T, S)")
         tokens = weight.sum(dim=-1)
         per_sequence = d.sum(dim=-1) / torch.where(tokens != 0, tokens, torch.ones_like(tokens))
-        numerator, denominator = per_sequence.sum(), (tokens != 0).sum().to(dtype)
-
-    if reduce.endswith("sum"):
-        result = (numerator, denominator)
-    else:
-        result = ratio(numerator, denominator)
-    if from_numpy:
-        return tuple(r.cpu().numpy()[()] for r in result) if isinstance(result, tuple) else result.cpu().numpy()[()]
-    return result
+        numerator, denominator = per_sequence.sum(), (tokens != 0).sum().to(values.dtype)
+    return (numerator, denominator) if reduce.endswith("sum") else ratio(numerator, denominator)
 
 
 def ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:

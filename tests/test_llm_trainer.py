@@ -277,3 +277,82 @@ def test_lora_teachers(tiny_model_dir, tmp_path):
     torch.testing.assert_close(runs["frozen"], base)
     assert torch.equal(runs["live"], runs["live-student"])
     assert not torch.allclose(runs["ema"], runs["ema-student"]) and not torch.allclose(runs["ema"], base)
+
+
+@pytest.fixture(scope="module")
+def sharpened_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with its output head × 8: confident tokens, whose top-20 hold all but ~1e-8 of the mass
+    (the tail bucket used to round to log 0: every step was skipped with grad_norm NaN and I = inf)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    path = tmp_path_factory.mktemp("sharpened")
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("implementation", ["chunked", "plain"])
+def test_a_sharpened_head_trains_every_step(sharpened_model_dir, tmp_path, implementation):
+    t = Trainer(config(sharpened_model_dir, tmp_path, f"loss.implementation={implementation}", "train.steps=3",
+                       "loss.topk=20", "loss.add_tail=true"), tmp_path / "run", progress=False)
+    before = weights(t.model)
+    rows = [t.step() for _ in range(3)]
+    assert [r["skipped"] for r in rows] == [0, 0, 0]
+    for r in rows:
+        assert all(math.isfinite(r[k]) for k in ("information", "grad_norm", "loss", "jsd_teacher_student", "entropy"))
+    assert max(r["rho"] for r in rows) > 1.0  # PGPO acted on a finite I
+    assert any(not torch.equal(v, before[k]) for k, v in t.model.state_dict().items())
+    assert min(r["entropy"] for r in rows) < 0.5  # the model is confident indeed (nats per token)
+
+
+def test_chunked_and_plain_losses_train_alike(tiny_model_dir, tmp_path):
+    rows, grads = {}, {}
+    for implementation in ("plain", "chunked"):
+        t = Trainer(config(tiny_model_dir, tmp_path, f"loss.implementation={implementation}", "loss.chunk_size=5"),
+                    tmp_path / implementation, progress=False)
+        rows[implementation] = [t.step()]
+        grads[implementation] = {n: p.grad.clone() for n, p in t.model.named_parameters()}  # the first step's
+        rows[implementation].append(t.step())
+    for a, b in zip(rows["plain"], rows["chunked"]):
+        for k in ("information", "rho", "loss", "grad_norm", "kl_teacher_student", "jsd_teacher_student", "entropy",
+                  "reward_mean"):
+            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-9), k
+        assert b["logprob_gap_mean"] == pytest.approx(a["logprob_gap_mean"], abs=1e-7)  # both rounding noise
+    for name, g in grads["plain"].items():
+        assert (grads["chunked"][name] - g).norm() <= 1e-5 * g.norm() + 1e-12, name
+
+
+def test_metrics_cost_one_host_sync_per_step_however_many_micro_batches(tiny_model_dir, tmp_path, monkeypatch):
+    """Reading a device tensor on the host (`.item()`, `.tolist()`, `float()`, `bool()`) stalls a GPU's
+    pipeline: the trainer's own reads per step must not grow with the number of micro-batches."""
+    import inspect
+
+    own = (str(ROOT / "llm_runs"), str(ROOT / "pgpo"))
+    counts = {"n": 0}
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            caller = inspect.currentframe().f_back.f_code.co_filename
+            if caller.startswith(own) and "rollout" not in caller and "evaluate" not in caller:
+                counts["n"] += 1
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    def reads(micro_batch):
+        t = Trainer(config(tiny_model_dir, tmp_path, f"loss.micro_batch_size={micro_batch}"),
+                    tmp_path / f"mb{micro_batch}", progress=False)
+        with monkeypatch.context() as m:
+            for name in ("item", "tolist", "__float__", "__bool__", "__int__"):
+                m.setattr(torch.Tensor, name, counting(name))
+            counts["n"] = 0
+            t.step()
+        return counts["n"]
+
+    one, eight = reads(16), reads(2)  # 16 sequences per step: 1 micro-batch, then 8
+    assert one == eight
+    assert one <= 2
