@@ -2,7 +2,7 @@
 forward + backward, the plain path (logits h·Wᵀ and autograd) against the chunked one
 (`llm_runs.chunked_loss`), at Qwen3-8B's head (V = 151 936, hidden 4 096) and response lengths T.
 
-Each case runs in a fresh subprocess, so that its peak resident memory (CPU: `ru_maxrss`, with glibc's
+Each case runs in a fresh subprocess, so that its peak resident memory (CPU: the peak resident set, `VmHWM`, with glibc's
 mmap threshold fixed at 1 MiB so that freed buffers leave at once) or peak allocation (CUDA:
 `max_memory_allocated`) is its own. Both paths start from the same inputs — the
 student's and the teacher's final hidden states (T, H), two output heads (V, H) (an EMA teacher has its
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -40,9 +39,14 @@ class Case:
     seed: int = 0
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _resident_bytes(field: str = "VmRSS") -> int:
+    """This process's resident memory now ("VmRSS") or at its peak ("VmHWM"), Linux. Not `ru_maxrss`: that
+    one carries the parent's peak across fork + exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def run_case(case: Case) -> dict:
@@ -92,7 +96,7 @@ def run_case(case: Case) -> dict:
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        peak = _resident_bytes("VmHWM")
     return {**asdict(case), "seconds": seconds, "loss_bytes": peak - before, "peak_bytes": peak,
             "loss": values[0], "information": values[1], "jsd": values[2], "entropy": values[3],
             "grad_hidden_norm": values[4], "grad_head_norm": values[5]}

@@ -153,6 +153,14 @@ def make_batch(prompts: list[list[int]], teacher_prompts: list[list[int]], respo
     return Batch(s_ids, s_att, t_ids, t_att, response_ids, response_mask, sampler, torch.tensor(mask))
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to a GPU from pinned memory, asynchronously (a copy from pageable memory
+    would wait for the GPU to finish its queue first)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def response_logits(model, ids: torch.Tensor, attention: torch.Tensor, length: int) -> torch.Tensor:
     """Logits predicting the last `length` tokens: (b, L) → (b, length, V), via logits_to_keep."""
     positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
@@ -436,7 +444,7 @@ class Trainer:
             batch = make_batch([prompts[r.prompt_index] for r in rollouts[part]], teacher_prompts[part],
                                [r.token_ids for r in rollouts[part]], [r.logprobs for r in rollouts[part]],
                                mask[part], self.pad)
-            batch = Batch(*(t.to(self.device) for t in batch.__dict__.values()))
+            batch = Batch(*(to_device(t, self.device) for t in batch.__dict__.values()))
             out = self._micro_batch_loss(batch, timer)
             with timer("train"):
                 b = batch.sample_mask.shape[0]
