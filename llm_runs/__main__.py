@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     bl.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on CUDA")
     bl.add_argument("--device", default="cpu,cuda", help="comma-separated; cuda is skipped where there is none")
     bl.add_argument("--topk", type=int, default=100)
-    bl.add_argument("--chunk-size", type=int, help="positions per chunk (default: 256 MiB of float32 logits)")
+    bl.add_argument("--chunk-size", type=int, help="positions per chunk (default: 128 MiB of float32 logits)")
     bl.add_argument("--json", help="append every case's record to this JSON-lines file")
     smoke = sub.add_parser("smoke", help="full steps on a random model of the real shape (no weights needed)")
     smoke.add_argument("--shape", default="qwen3-8b", choices=["qwen3-8b", "tiny"])

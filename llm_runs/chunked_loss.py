@@ -35,7 +35,7 @@ from llm_runs import loss as exact
 from pgpo.divergence import generalized_jsd
 from pgpo.information import divergence
 
-CHUNK_BYTES = 1 << 28  # one (n, V) float32 buffer of at most 256 MiB: n = 441 positions at V = 151 936
+CHUNK_BYTES = 1 << 27  # one (n, V) float32 buffer of at most 128 MiB: n = 220 positions at V = 151 936
 
 
 def default_chunk_size(vocabulary: int) -> int:
@@ -180,7 +180,8 @@ def _chunk(plan: _Plan, rows: slice, z: torch.Tensor, teacher_logits, want_grad:
     k = plan.topk
     on_top = g[:, :k] - total * p[:, :k]
     if plan.add_tail:  # outside the top-k: (g_tail − G·p_tail)·τ_v, τ = exp(z − tail shift) / tail sum
-        grad = tau.mul_(((g[:, k] - total[:, 0] * p[:, k]) / tail_sum).to(dtype)[:, None])
+        scale = (g[:, k] - total[:, 0] * p[:, k]) / torch.where(tail_sum > 0, tail_sum, torch.ones_like(tail_sum))
+        grad = tau.mul_(scale.to(dtype)[:, None])  # no mass outside the top-k: τ = 0 there anyway
     else:
         grad = tau.zero_()
     return contribution.detach(), grad.scatter_(1, top, on_top.to(dtype))
@@ -240,9 +241,12 @@ class _ChunkedLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        scale = lambda g: None if g is None else g * grad_output.to(g.dtype)  # noqa: E731
-        grads = tuple(scale(g) for g in ctx.grads)
-        ctx.grads = None
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise RuntimeError("the chunked loss's gradient was computed in its forward and handed over once: "
+                               "call backward on it only once (no retain_graph)")
+        # in place: a scaled copy of ∂L/∂W would hold a second (V, H) tensor at once
+        grads = tuple(None if g is None else g.mul_(grad_output.to(g.dtype)) for g in grads)
         return (*grads, None)
 
 
@@ -263,7 +267,7 @@ def chunked_self_distillation_loss(student_hidden: torch.Tensor, student_head: t
         teacher_hidden, teacher_head: the same for the teacher (no gradient).
         response_mask, sample_mask, beta, topk, add_tail, signal, response_ids, sampler_logprobs, is_cap,
             is_weights: as in `self_distillation_loss`.
-        chunk_size: positions per chunk (default: one (n, V) float32 buffer of 256 MiB at most).
+        chunk_size: positions per chunk (default: one (n, V) float32 buffer of 128 MiB at most).
 
     Equal to `self_distillation_loss` on the logits h·Wᵀ (+ b), with at most one chunk of (n, V) float32
     logits alive at a time (a few buffers of that size within the chunk).

@@ -70,7 +70,7 @@ class LossConfig:
     # "chunked": from the final hidden states and the output head, one chunk of positions at a time (the
     # (B, T, V) logits never exist); "plain": the model's logits and autograd (the reference). Equal results.
     implementation: str = "chunked"
-    chunk_size: int | None = None  # positions per chunk; None: one (n, V) float32 buffer of at most 256 MiB
+    chunk_size: int | None = None  # positions per chunk; None: one (n, V) float32 buffer of at most 128 MiB
 
 
 @dataclass

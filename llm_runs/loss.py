@@ -73,8 +73,11 @@ def tail_logsumexp(logits: torch.Tensor, top: torch.Tensor, shift: torch.Tensor,
     (shift − relative_to) + log Σ exp(logits − shift) keeps its digits at any magnitude.
     """
     shift = finite_or_zero(shift.detach())
-    rest = (logits.scatter(-1, top, NEG_INF) - shift[..., None]).exp()
-    return (shift.double() - relative_to) + rest.sum(-1).double().log()
+    total = (logits.scatter(-1, top, NEG_INF) - shift[..., None]).exp().sum(-1).double()
+    # no mass outside the top-k (−inf logits, a masked vocabulary): log 0 = −inf, and no 0/0 in backward
+    empty = total == 0
+    log_total = torch.where(empty, torch.full_like(total, NEG_INF), torch.where(empty, torch.ones_like(total), total).log())
+    return (shift.double() - relative_to) + log_total
 
 
 def log_normaliser(a: torch.Tensor) -> torch.Tensor:
@@ -127,6 +130,17 @@ def teacher_support(logits: torch.Tensor, top: torch.Tensor | None, add_tail: bo
         return gathered
     tail = tail_logsumexp(logits, top, logits.scatter(-1, top, NEG_INF).amax(-1), shift[..., 0])
     return torch.cat([gathered, tail[..., None]], -1)
+
+
+def support_logprobs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, topk: int | None = 100,
+                     add_tail: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher log-probabilities on the common support: (..., V) ×2 → (..., S) ×2, in the logits'
+    dtype (float32 at least); the student's differentiable, the teacher's detached. S = k + 1 (top-k +
+    tail), k (top-k renormalised) or V (`topk=None`). What the loss and the information are computed on."""
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    top, a, _, _ = student_support(student_logits.to(dtype), topk, add_tail)
+    log_q = normalise(teacher_support(teacher_logits.detach().to(dtype), top, add_tail))
+    return normalise(a).to(dtype), log_q.to(dtype)
 
 
 def token_logprobs_of(logits: torch.Tensor, ids: torch.Tensor, shift: torch.Tensor, log_z: torch.Tensor) -> torch.Tensor:

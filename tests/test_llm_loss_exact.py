@@ -260,9 +260,9 @@ def test_chunked_shapes_and_vocabularies_are_checked():
         chunked_self_distillation_loss(h, student_head, h_teacher, teacher_head, response_mask, sample_mask, topk=0)
 
 
-def test_default_chunk_is_a_quarter_gibibyte_of_float32_logits():
-    assert default_chunk_size(151_936) == 441
-    assert default_chunk_size(151_936) * 151_936 * 4 <= 2**28
+def test_default_chunk_is_an_eighth_of_a_gibibyte_of_float32_logits():
+    assert default_chunk_size(151_936) == 220
+    assert default_chunk_size(151_936) * 151_936 * 4 <= 2**27
     assert default_chunk_size(10) > 10**6  # a small vocabulary: one chunk
 
 
@@ -282,3 +282,47 @@ def test_bench_loss_measures_one_chunk_against_several_full_copies_of_the_logits
         assert chunked[key] == pytest.approx(plain[key], rel=1e-6), key
     table = report(rows)
     assert "| 1,024 |" in table and "×" in table
+
+
+def test_support_logprobs_are_normalised_and_exact_in_the_tail():
+    from llm_runs.loss import support_logprobs
+
+    student, teacher = (x.float() for x in logits(40.0, "independent"))
+    log_p, log_q = support_logprobs(student, teacher, topk=K, add_tail=True)
+    assert log_p.shape == log_q.shape == (B, T, K + 1) and log_p.dtype == torch.float32
+    torch.testing.assert_close(log_p.double().exp().sum(-1), torch.ones(B, T, dtype=torch.float64))
+    z = student.double()
+    outside = torch.ones_like(z, dtype=torch.bool).scatter(-1, z.topk(K, -1).indices, False)
+    tail = torch.logsumexp(z.masked_fill(~outside, -math.inf), -1) - torch.logsumexp(z, -1)
+    torch.testing.assert_close(log_p[..., -1].double(), tail, rtol=1e-6, atol=0)
+    assert support_logprobs(student, teacher, topk=None)[0].shape == (B, T, V)
+
+
+@pytest.mark.parametrize("implementation", ["plain", "chunked"])
+@pytest.mark.parametrize("support", [(5, True), (5, False), (None, True)])
+def test_a_masked_vocabulary_gives_finite_values_and_gradients(implementation, support):
+    """−inf logits (tokens a model masks out) carry zero mass and never give NaN, also where the top-k reach into
+    them and the tail is empty. With the same mask on both sides every divergence is finite; where the teacher
+    alone masks tokens, the JSD still is (a KL toward zero mass is +inf, as it should be)."""
+    topk, add_tail = support
+    g = torch.Generator().manual_seed(4)
+    student, teacher = torch.randn(2, 3, 12, generator=g), torch.randn(2, 3, 12, generator=g)
+    student[0, :, 3:] = teacher[0, :, 3:] = -math.inf  # three tokens left: the top-5 hold two masked ones
+    student[1, :, 8:] = teacher[1, :, 8:] = -math.inf
+    args = (torch.ones(2, 3), torch.ones(2))
+    cases = [(teacher, beta) for beta in (0.0, 0.5, 1.0)]
+    other = teacher.clone()
+    other[1, :, 6:] = -math.inf
+    cases.append((other, 0.5))
+    for teacher_logits, beta in cases:
+        leaf = student.clone().requires_grad_(True)
+        options = dict(beta=beta, topk=topk, add_tail=add_tail, signal="jsd",
+                       response_ids=torch.zeros(2, 3, dtype=torch.long))
+        if implementation == "plain":
+            out = self_distillation_loss(leaf, teacher_logits, *args, **options)
+        else:
+            out = chunked_self_distillation_loss(leaf, None, teacher_logits, None, *args, chunk_size=2, **options)
+        out.loss.backward()
+        assert math.isfinite(out.loss.item()) and torch.isfinite(leaf.grad).all(), beta
+        assert all(math.isfinite(getattr(out, k)[0].item()) for k in ("information", "jsd", "entropy"))
+        assert (leaf.grad[0, :, 3:] == 0).all()  # a masked token gets no gradient
