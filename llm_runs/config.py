@@ -7,6 +7,7 @@ Unknown sections or keys, and values of the wrong type, are errors that name the
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -165,6 +166,10 @@ CHOICES = {
     "pgpo.reduce": ("token", "sequence"),
     "train.device": ("auto", "cpu", "cuda"),
 }
+ABOVE = {  # key: a lower bound the value must exceed (sampling at temperature 0 or top-p 0 is undefined)
+    "rollout.temperature": 0.0, "eval.temperature": 0.0, "rollout.top_p": 0.0, "eval.top_p": 0.0, "optim.eps": 0.0,
+}
+UNBOUNDED = ("loss.is_cap",)  # float keys where +inf means "no cap"
 RANGES = {  # key: (lower, upper), inclusive
     "loss.beta": (0.0, 1.0), "teacher.ema_tau": (0.0, 1.0), "pgpo.alpha": (0.0, None), "pgpo.rho_max": (1.0, None),
     "optim.lr": (0.0, None), "optim.weight_decay": (0.0, None), "optim.clip_norm": (0.0, None),
@@ -174,6 +179,11 @@ RANGES = {  # key: (lower, upper), inclusive
     "train.eval_every": (0, None), "train.checkpoint_every": (0, None), "loss.is_cap": (0.0, None), "loss.chunk_size": (1, None),
     "warm_start.steps": (0, None), "warm_start.batch_size": (1, None), "warm_start.lr": (0.0, None),
     "warm_start.guided_fraction": (0.0, 1.0),
+    "rollout.top_p": (0.0, 1.0), "eval.top_p": (0.0, 1.0), "rollout.temperature": (0.0, None),
+    "eval.temperature": (0.0, None), "optim.eps": (0.0, None), "optim.warmup_steps": (0, None),
+    "train.keep_checkpoints": (1, None), "train.log_every": (1, None), "eval.max_new_tokens": (1, None),
+    "eval.batch_size": (1, None), "eval.max_questions": (1, None), "data.max_prompt_tokens": (1, None),
+    "rollout.logprob_gap_alarm": (0.0, None),
 }
 
 
@@ -227,6 +237,13 @@ def _set(config: RunConfig, key: str, value, where: str = "") -> None:
     value = _coerce(key, value, hints[name], where)
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{where}{key}: must be one of {CHOICES[key]}, got {value!r}")
+    if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and key not in UNBOUNDED)):
+        raise ConfigError(f"{where}{key}: must be a finite number, got {value!r}")  # NaN passes every comparison
+    if key in ABOVE and value is not None and not value > ABOVE[key]:
+        raise ConfigError(f"{where}{key}: must be greater than {ABOVE[key]}, got {value!r}")
+    if key == "optim.betas" and (len(value) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in value)):
+        raise ConfigError(f"{where}{key}: must be two numbers in [0, 1), got {value!r}")
     if key in RANGES and value is not None:
         lo, hi = RANGES[key]
         if (lo is not None and value < lo) or (hi is not None and value > hi):

@@ -339,10 +339,22 @@ class Trainer:
         the base model)."""
         path = checkpoint.latest(self.run_dir)
         if path is None:
+            self._forget_rows_after(0)  # killed before its first checkpoint: the run starts over from step 0
             return False
         self._load(path)
+        self._forget_rows_after(self.state.step)
         self.engine.update_weights(self.model.named_parameters())
         return True
+
+    def _forget_rows_after(self, step: int) -> None:
+        """Drop the logged rows of steps after `step` (they are redone): metrics.jsonl on rank 0 (a checkpoint
+        also truncates it to its byte offset), and each rank's own ranks/rank<r>.jsonl."""
+        if self.rank == 0 and step == 0 and self.metrics_path.exists():
+            self.metrics_path.write_text("")
+        mine = self.run_dir / "ranks" / f"rank{self.rank}.jsonl"
+        if mine.exists():
+            rows = [line for line in mine.read_text().splitlines() if json.loads(line)["step"] <= step]
+            mine.write_text("".join(line + "\n" for line in rows))
 
     def _load(self, path: Path) -> None:
         if checkpoint.is_sharded(path) or self.world > 1:

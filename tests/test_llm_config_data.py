@@ -133,3 +133,27 @@ def test_real_splits_load_and_render_through_the_chat_template(domain, train, te
         assert question_of(rows[0]) in text
         assert ("\\boxed{}" in text) == (template == "boxed")
         assert ("<answer>" in text) == (template == "answer_tag")  # SDPO's system prompt
+
+
+@pytest.mark.parametrize("override, words", [
+    ("pgpo.alpha=.nan", "finite"), ("loss.beta=.nan", "finite"), ("optim.lr=.nan", "finite"),
+    ("optim.lr=.inf", "finite"), ("pgpo.rho_max=.inf", "finite"), ("teacher.ema_tau=.nan", "finite"),
+    ("rollout.temperature=0", "greater than"), ("rollout.temperature=-1", "greater than"),
+    ("eval.temperature=0", "greater than"), ("rollout.top_p=5", "[0.0, 1.0]"), ("rollout.top_p=0", "greater than"),
+    ("eval.top_p=1.5", "[0.0, 1.0]"), ("optim.eps=0", "greater than"), ("optim.betas=[0.9, 1.0]", "[0, 1)"),
+    ("optim.betas=[0.9]", "[0, 1)"), ("train.keep_checkpoints=0", "train.keep_checkpoints"),
+    ("eval.batch_size=0", "eval.batch_size"), ("data.max_prompt_tokens=0", "data.max_prompt_tokens"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps"),
+])
+def test_values_that_compare_false_or_have_no_meaning_are_refused_by_name(override, words):
+    """NaN passes every `<` and `>` check, so a range alone let it through; sampling needs T > 0 and top-p in (0, 1]."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        load(None, [override])
+    assert key in str(err.value) and words in str(err.value)
+
+
+def test_harmless_limits_are_accepted():
+    config = load(None, ["loss.is_cap=.inf", "rollout.top_p=1.0", "rollout.temperature=0.7", "optim.betas=[0.0, 0.95]",
+                         "train.keep_checkpoints=null", "eval.max_questions=null"])
+    assert config.loss.is_cap == float("inf") and config.optim.betas == (0.0, 0.95)

@@ -356,3 +356,15 @@ def test_metrics_cost_one_host_sync_per_step_however_many_micro_batches(tiny_mod
     one, eight = reads(16), reads(2)  # 16 sequences per step: 1 micro-batch, then 8
     assert one == eight
     assert one <= 2
+
+
+def test_a_run_resumed_before_its_first_checkpoint_logs_each_step_once(tiny_model_dir, tmp_path):
+    """Killed (here: ended) before any checkpoint, then resumed: it starts over from step 0, and its log must not
+    read 1, 2, 1, 2."""
+    c = config(tiny_model_dir, tmp_path, "train.steps=2")  # checkpoint_every = 0: no checkpoint is ever written
+    Trainer(c, tmp_path / "run", progress=False).train()
+    again = Trainer(c, tmp_path / "run", progress=False)
+    assert not again.resume()
+    again.train()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
