@@ -34,7 +34,8 @@ def divergence(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, k
 
 
 @torch.no_grad()
-def information(student_logprobs, teacher_logprobs, mask=None, kind: str = "kl", reduce: str = "token"):
+def information(student_logprobs, teacher_logprobs, mask=None, kind: str = "kl", reduce: str = "token",
+                from_logits: bool = False):
     """The information signal of a batch.
 
     Args:
@@ -51,6 +52,9 @@ def information(student_logprobs, teacher_logprobs, mask=None, kind: str = "kl",
             "sum" — the pair (Σ m·D, Σ m) of the token mean, to be summed across micro-batches and
             ranks before dividing (see `pgpo.all_reduce_information`);
             "sequence_sum" — the pair (Σ_seq mean_t D, number of non-empty sequences).
+        from_logits: the inputs are logits (unnormalised); they are log-softmaxed here. Without it,
+            inputs that are not normalised over the last axis (at a masked-in position) are an error:
+            logits taken for log-probabilities give a wrong number, not a crash.
 
     Returns:
         A 0-d tensor (a numpy float for numpy input), or for the "…sum" reductions a pair of them.
@@ -72,7 +76,11 @@ def information(student_logprobs, teacher_logprobs, mask=None, kind: str = "kl",
     dtype = torch.promote_types(log_p.dtype, log_q.dtype)
     if dtype in (torch.float16, torch.bfloat16):
         dtype = torch.float32  # a KL summed over ~10^5 entries loses its digits in 8 mantissa bits
+    half = dtype in (torch.float16, torch.bfloat16) or torch.promote_types(log_p.dtype, log_q.dtype) in (
+        torch.float16, torch.bfloat16)
     log_p, log_q = log_p.to(dtype), log_q.to(dtype)
+    if from_logits:
+        log_p, log_q = torch.log_softmax(log_p, -1), torch.log_softmax(log_q, -1)
 
     positions = log_p.shape[:-1]
     if mask is None:
@@ -82,6 +90,9 @@ def information(student_logprobs, teacher_logprobs, mask=None, kind: str = "kl",
         if weight.shape != positions:
             raise ValueError(f"mask must have shape {tuple(positions)} (the inputs without their last axis), got {tuple(weight.shape)}")
 
+    if not from_logits:
+        for name, x in (("student_logprobs", log_p), ("teacher_logprobs", log_q)):
+            _check_normalised(name, x, weight, tolerance=0.1 if half else 1e-3)
     result = aggregate(divergence(log_p, log_q, kind), weight, reduce)
     if from_numpy:
         return tuple(r.cpu().numpy()[()] for r in result) if isinstance(result, tuple) else result.cpu().numpy()[()]
@@ -114,6 +125,16 @@ def ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     """numerator / denominator, and 0 where the denominator is 0 (an empty mask carries no signal)."""
     empty = denominator == 0
     return torch.where(empty, torch.zeros_like(numerator), numerator / torch.where(empty, torch.ones_like(denominator), denominator))
+
+
+def _check_normalised(name: str, log_probs: torch.Tensor, weight: torch.Tensor, tolerance: float) -> None:
+    """log Σ_s exp(x_s) = 0 at every masked-in position (to `tolerance`: 16-bit inputs carry ~1% per entry)."""
+    total = torch.logsumexp(log_probs, -1)
+    off = (weight != 0) & ~(total.abs() <= tolerance)  # NaN counts as off
+    if off.any():
+        at = tuple(int(j) for j in off.nonzero()[0])
+        raise ValueError(f"{name} are not log-probabilities: log Σ exp over the last axis is {total[at].item():.4g} at "
+                         f"position {at} (should be 0); pass normalised log-probabilities, or from_logits=True")
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:

@@ -49,7 +49,8 @@ class Multiplier:
         rho_max: the cap ρ_max ≥ 1 (the supremum of ρ; for a callable form, the bound it promises).
         form: "linear" for min(1 + α·I, ρ_max), "smooth" for 1 + (ρ_max − 1)·tanh(α·I/(ρ_max − 1)),
             or a callable g(I) applied elementwise to an array of the caller's kind (float, numpy
-            array or torch tensor) and returning the same kind.
+            array or torch tensor) and returning the same kind, with values in [1, ρ_max] (checked:
+            anything else raises ValueError naming the value).
 
     `m(I)` accepts a Python number, a numpy array or a torch tensor of any shape and returns the
     same kind (float, float64 array, floating tensor on I's device).
@@ -92,7 +93,7 @@ class Multiplier:
         finite = np.isfinite(i)
         i = np.where(finite, i, 0.0)
         if callable(self.form):
-            rho = np.asarray(self.form(i), dtype=np.float64)
+            rho = self._checked(np.broadcast_to(np.asarray(self.form(i), dtype=np.float64), i.shape), i)
         else:
             rho = self._builtin(np.maximum(i, 0.0), np.tanh, np.minimum)
         return np.where(finite, rho, 1.0)
@@ -101,10 +102,21 @@ class Multiplier:
         finite = torch.isfinite(i)
         i = torch.where(finite, i, torch.zeros_like(i))
         if callable(self.form):
-            rho = torch.as_tensor(self.form(i), dtype=i.dtype, device=i.device)
+            rho = torch.as_tensor(self.form(i), dtype=i.dtype, device=i.device).broadcast_to(i.shape)
+            self._checked(rho.detach().cpu().double().numpy(), i.detach().cpu().numpy())
         else:
             rho = self._builtin(i.clamp(min=0.0), torch.tanh, lambda x, c: x.clamp(max=c))
         return torch.where(finite, rho, torch.ones_like(rho))
+
+    def _checked(self, rho: np.ndarray, i: np.ndarray) -> np.ndarray:
+        """A callable form's values must keep its promise, 1 ≤ ρ ≤ ρ_max (finite): a step is never shrunk
+        below the baseline nor grown past the cap without saying so."""
+        bad = ~(np.isfinite(rho) & (rho >= 1.0) & (rho <= self.rho_max))
+        if bad.any():
+            at = np.argwhere(bad)[0] if rho.ndim else ()
+            raise ValueError(f"form returned rho = {float(rho[tuple(at)]):g} at I = {float(np.asarray(i)[tuple(at)]):g}: a callable form "
+                             f"must return values in [1, rho_max = {self.rho_max:g}]")
+        return rho
 
     def _builtin(self, i, tanh, minimum):
         """ρ for I ≥ 0 with the library's tanh and min (so numpy and torch share one formula)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 # Built-in optimizers whose parameter update is lr × (something independent of lr) and whose state
@@ -45,7 +46,7 @@ def modulated_step(optimizer: torch.optim.Optimizer, rho, closure=None, method: 
 
     Args:
         optimizer: any torch optimizer (or an object exposing `step` and `param_groups`).
-        rho: the multiplier ρ ≥ 0, a Python number or a one-element tensor (read once with `.item()`).
+        rho: the multiplier ρ ≥ 0, a Python number or a one-element tensor or numpy array (read once with `.item()`).
         closure: passed on to `optimizer.step`.
         method: "auto", "lr" or "delta" (see the module docstring).
 
@@ -97,9 +98,10 @@ def _step_extrapolated(optimizer, rho: float, closure):
 
 
 def _check_rho(rho) -> float:
-    if isinstance(rho, torch.Tensor):
-        if rho.numel() != 1:
-            raise ValueError(f"rho must be a single number, got a tensor of shape {tuple(rho.shape)}")
+    if isinstance(rho, (torch.Tensor, np.ndarray)):  # a one-element tensor or array (a 0-d numpy result too)
+        size = rho.numel() if isinstance(rho, torch.Tensor) else rho.size
+        if size != 1:
+            raise ValueError(f"rho must be a single number, got an array of shape {tuple(rho.shape)}")
         rho = rho.item()
     if isinstance(rho, bool) or not isinstance(rho, numbers.Real):
         raise ValueError(f"rho must be a real number, got {rho!r}")

@@ -239,3 +239,21 @@ def test_generalized_jsd_rejects_beta_outside_the_unit_interval():
     with pytest.raises(ValueError, match="beta"):
         generalized_jsd(torch.zeros(2), torch.zeros(2), 1.5)
     assert kl(torch.zeros(1), torch.zeros(1)).item() == 0.0
+
+
+def test_logits_taken_for_log_probabilities_are_refused_and_from_logits_normalises_them():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = 3 * torch.randn(2, 5, 7, generator=g), 3 * torch.randn(2, 5, 7, generator=g)
+    want = information(torch.log_softmax(student, -1), torch.log_softmax(teacher, -1))
+    with pytest.raises(ValueError, match="student_logprobs are not log-probabilities.*from_logits"):
+        information(student, torch.log_softmax(teacher, -1))
+    with pytest.raises(ValueError, match="teacher_logprobs"):
+        information(torch.log_softmax(student, -1), teacher)
+    assert information(student, teacher, from_logits=True).item() == pytest.approx(want.item(), rel=1e-6)
+    # masked-out positions may hold anything (padding), bf16 log-probabilities pass with their rounding
+    mask = torch.ones(2, 5)
+    mask[1, 3:] = 0
+    padded = torch.log_softmax(student, -1).clone()
+    padded[1, 3:] = 123.0
+    information(padded, torch.log_softmax(teacher, -1), mask)
+    information(torch.log_softmax(student, -1).bfloat16(), torch.log_softmax(teacher, -1).bfloat16())

@@ -135,3 +135,14 @@ def test_bad_information_type_is_named():
         Multiplier(1.0)("0.5")
     with pytest.raises(TypeError, match="information"):
         Multiplier(1.0)([0.5])
+
+
+@pytest.mark.parametrize("kind", ["float", "numpy", "torch"])
+def test_a_callable_form_must_keep_within_one_and_the_cap(kind):
+    wrap = {"float": float, "numpy": lambda x: np.array([0.1, x]), "torch": lambda x: torch.tensor([0.1, x])}[kind]
+    with pytest.raises(ValueError, match="rho = 6.*rho_max = 2"):
+        Multiplier(1.0, 2.0, form=lambda i: 1 + 5 * i)(wrap(1.0))
+    with pytest.raises(ValueError, match="rho = 0.5"):
+        Multiplier(1.0, 2.0, form=lambda i: 0.5 + 0 * i)(wrap(0.3))
+    rho = Multiplier(1.0, 2.0, form=lambda i: 1 + 0.5 * i)(wrap(0.2))  # within its promise: applied as given
+    assert np.allclose(np.asarray(rho, dtype=float), 1 + 0.5 * np.asarray(wrap(0.2), dtype=float))

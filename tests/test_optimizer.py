@@ -259,3 +259,15 @@ def test_bad_method_is_named():
     optimizer = torch.optim.SGD(make_model().parameters(), lr=0.1)
     with pytest.raises(ValueError, match="method"):
         modulated_step(optimizer, 2.0, method="loss")
+
+
+def test_a_zero_dimensional_numpy_rho_is_read():
+    import numpy as np
+
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([p], lr=0.1)
+    p.grad = torch.ones(3)
+    modulated_step(optimizer, np.array(1.5))
+    torch.testing.assert_close(p.detach(), torch.full((3,), 1 - 0.15))
+    with pytest.raises(ValueError, match="single number"):
+        modulated_step(optimizer, np.array([1.5, 2.0]))
