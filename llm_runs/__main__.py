@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from llm_runs.config import ConfigError, load
+from llm_runs.data import DataError
 
 
 def _train(args) -> int:
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
     try:
         return {"train": _train, "eval": _eval, "bench": _bench, "bench-loss": _bench_loss, "smoke": _smoke, "demo": _demo,
                 "warm-start": _warm_start}[args.command](args)
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:  # bad input: one line naming the key, file or field, never a traceback
         parser.exit(2, f"error: {err}\n")
 
 

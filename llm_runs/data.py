@@ -53,14 +53,25 @@ def _field(row: dict, name: str, kind, where: str, required: bool = True):
     return value
 
 
+def _lines(f, path: Path):
+    """The lines of a file opened in binary; a line that is not UTF-8 is an error naming the file and the line."""
+    for number, raw in enumerate(f, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start} of the line)") from None
+
+
 def load_split(path: str | Path, limit: int | None = None) -> list[Example]:
     """Read a JSON-lines split file; blank lines are skipped; `idx` must be unique."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"split file {path} does not exist")
+    if not path.is_file():
+        raise DataError(f"split file {path} is a {'directory' if path.is_dir() else 'special file'}, not a JSON-lines file")
     examples, seen = [], {}
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, line in enumerate(_lines(f, path), start=1):
             if not line.strip():
                 continue
             where = f"{path}:{number}"

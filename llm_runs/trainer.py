@@ -297,21 +297,26 @@ class Trainer:
         self.engine.close()
 
     def _tokenize_prompts(self) -> list[list[int]]:
+        """Token ids of the training prompts; overlong prompts are dropped from both splits, as verl does, and
+        reported (a test prompt too long for the context would fail validation, or exhaust its memory)."""
+        self.train_examples, ids = self._within_limit(self.train_examples, "training")
+        self.test_examples, _ = self._within_limit(self.test_examples, "test")
+        return ids
+
+    def _within_limit(self, examples: list, split: str) -> tuple[list, list[list[int]]]:
         limit = self.config.data.max_prompt_tokens
-        ids, kept = [], []
-        for e in self.train_examples:
+        kept, ids = [], []
+        for e in examples:
             row = self.tokenizer(render(self.tokenizer, e, self.config.data.template,
                                         enable_thinking=self.config.model.enable_thinking)).input_ids
-            if len(row) <= limit:  # overlong prompts are dropped, as verl does, and reported
+            if len(row) <= limit:
                 ids.append(row)
                 kept.append(e)
-        dropped = len(self.train_examples) - len(kept)
         if not kept:
-            raise ConfigError(f"data.max_prompt_tokens = {limit}: every training prompt is longer")
-        if dropped:
-            tqdm.write(f"dropped {dropped} training prompts longer than {limit} tokens")
-        self.train_examples = kept
-        return ids
+            raise ConfigError(f"data.max_prompt_tokens = {limit}: every {split} prompt is longer")
+        if len(kept) < len(examples):
+            tqdm.write(f"dropped {len(examples) - len(kept)} {split} prompts longer than {limit} tokens")
+        return kept, ids
 
     # -- checkpoint / resume ------------------------------------------------------------------
 

@@ -157,3 +157,30 @@ def test_harmless_limits_are_accepted():
     config = load(None, ["loss.is_cap=.inf", "rollout.top_p=1.0", "rollout.temperature=0.7", "optim.betas=[0.0, 0.95]",
                          "train.keep_checkpoints=null", "eval.max_questions=null"])
     assert config.loss.is_cap == float("inf") and config.optim.betas == (0.0, 0.95)
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("folder", None, "is a directory"),
+    ("latin1.jsonl", b'{"idx": 0, "prompt": "x", "answer": "A"}\n{"idx": 1, "prompt": "caf\xe9", "answer": "A"}\n',
+     "latin1.jsonl:2: not UTF-8"),
+    ("missing.jsonl", b'{"idx": 0, "prompt": "x", "answer": "A"}\n{"idx": 1, "answer": "B"}\n',
+     "missing.jsonl:2: field 'prompt' is missing"),
+    ("empty_prompt.jsonl", b'{"idx": 0, "prompt": "   ", "answer": "A"}\n', "empty_prompt.jsonl:1: field 'prompt'"),
+    ("malformed.jsonl", b'{"idx": 0, "prompt": "x", "answer": "A"\n', "malformed.jsonl:1: not valid JSON"),
+])
+def test_bad_data_ends_in_one_error_line_naming_the_file_and_line(tmp_path, name, content, words):
+    import subprocess
+    import sys
+
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "llm_runs", "train", "--config", str(root / "llm_runs/configs/tiny_cpu.yaml"),
+                           "--no-progress", f"data.train={path}", f"train.output_dir={tmp_path / 'runs'}"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and words in last and "Traceback" not in done.stderr

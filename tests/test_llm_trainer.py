@@ -368,3 +368,15 @@ def test_a_run_resumed_before_its_first_checkpoint_logs_each_step_once(tiny_mode
     again.train()
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
+
+
+def test_an_overlong_test_prompt_is_dropped_and_reported_like_a_training_one(tiny_model_dir, tmp_path, capsys):
+    rows = [json.loads(line) for line in (FIXTURES / "test.jsonl").read_text().splitlines() if line.strip()]
+    long = dict(rows[0], idx=10_000, prompt="Which of these is right? " + "very " * 3000)
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + [long]))
+    t = Trainer(config(tiny_model_dir, tmp_path, f"data.test={tmp_path / 'test.jsonl'}", "data.max_prompt_tokens=512"),
+                tmp_path / "run", progress=False)
+    assert [e.idx for e in t.test_examples] == [r["idx"] for r in rows]
+    captured = capsys.readouterr()
+    assert "dropped 1 test prompts longer than 512 tokens" in captured.out + captured.err
+    assert t.validate()["mean_at_k"] >= 0.0
