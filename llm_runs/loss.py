@@ -86,8 +86,7 @@ def log_normaliser(a: torch.Tensor) -> torch.Tensor:
     log(1 + tiny) rounds away (log p* of a confident token), and the shift is gathered at the argmax so
     that its gradient goes to that entry alone, even at ties."""
     top = a.detach().argmax(-1, keepdim=True)
-    shift = a.gather(-1, top)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    shift = finite_or_zero(a.gather(-1, top))
     rest = (a - shift).exp().scatter(-1, top, 0.0).sum(-1, keepdim=True)
     return (shift + torch.log1p(rest))[..., 0]
 

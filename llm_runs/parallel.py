@@ -78,10 +78,3 @@ def gather(values: list) -> list:
     out = [None] * world_size()
     dist.all_gather_object(out, list(values))
     return [v for part in out for v in part]
-
-
-def as_float(value) -> float:
-    """A scalar tensor, DTensor (replicated) or number, as a Python float."""
-    if hasattr(value, "full_tensor"):
-        value = value.full_tensor()
-    return float(value)

@@ -74,10 +74,9 @@ def information(student_logprobs, teacher_logprobs, mask=None, kind: str = "kl",
     if log_p.dim() < 1:
         raise ValueError("student_logprobs must have a support axis: shape (..., S)")
     dtype = torch.promote_types(log_p.dtype, log_q.dtype)
-    if dtype in (torch.float16, torch.bfloat16):
+    half = dtype in (torch.float16, torch.bfloat16)
+    if half:
         dtype = torch.float32  # a KL summed over ~10^5 entries loses its digits in 8 mantissa bits
-    half = dtype in (torch.float16, torch.bfloat16) or torch.promote_types(log_p.dtype, log_q.dtype) in (
-        torch.float16, torch.bfloat16)
     log_p, log_q = log_p.to(dtype), log_q.to(dtype)
     if from_logits:
         log_p, log_q = torch.log_softmax(log_p, -1), torch.log_softmax(log_q, -1)

@@ -355,7 +355,7 @@ def test_metrics_cost_one_host_sync_per_step_however_many_micro_batches(tiny_mod
 
     one, eight = reads(16), reads(2)  # 16 sequences per step: 1 micro-batch, then 8
     assert one == eight
-    assert one <= 2
+    assert 1 <= one <= 2  # the one read of the metrics is seen: the count is not vacuous
 
 
 def test_a_run_resumed_before_its_first_checkpoint_logs_each_step_once(tiny_model_dir, tmp_path):
