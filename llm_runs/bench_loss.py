@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -110,9 +111,16 @@ def _in_subprocess(case: Case) -> dict:
                           capture_output=True, text=True, env=env)
     if done.returncode != 0:
         killed = done.returncode in (-9, 137)
-        reason = "killed (out of memory?)" if killed else done.stderr.strip().splitlines()[-1:]
-        return {**asdict(case), "error": reason}
+        return {**asdict(case), "error": "killed (out of memory?)" if killed else _last_error(done.stderr)}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _last_error(stderr: str) -> str:
+    """The exception line a failed case ended with; CUDA's out-of-memory paragraph cut to its first sentence."""
+    lines = stderr.strip().splitlines() or ["no output"]
+    last = lines[-1]
+    oom = re.search(r"OutOfMemoryError: CUDA out of memory\. (Tried to allocate [\d.]+ [GMK]iB)", last)
+    return f"CUDA out of memory ({oom.group(1)[0].lower() + oom.group(1)[1:]})" if oom else last
 
 
 def available_bytes() -> int:

@@ -326,3 +326,13 @@ def test_a_masked_vocabulary_gives_finite_values_and_gradients(implementation, s
         assert math.isfinite(out.loss.item()) and torch.isfinite(leaf.grad).all(), beta
         assert all(math.isfinite(getattr(out, k)[0].item()) for k in ("information", "jsd", "entropy"))
         assert (leaf.grad[0, :, 3:] == 0).all()  # a masked token gets no gradient
+
+
+def test_bench_loss_reports_a_failed_case_by_its_last_error_line():
+    from llm_runs.bench_loss import _last_error
+
+    oom = ("Traceback (most recent call last):\n  File ...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to "
+           "allocate 18.55 GiB. GPU 0 has a total capacity of 139.80 GiB of which 6.22 GiB is free. Including ...")
+    assert _last_error(oom) == "CUDA out of memory (tried to allocate 18.55 GiB)"
+    assert _last_error("Traceback\n  x\nValueError: bad shape\n") == "ValueError: bad shape"
+    assert _last_error("") == "no output"
