@@ -182,6 +182,7 @@ class RunState:
     best_step: int | None = None
     final_val: float | None = None  # the most recent validation
     metrics_offset: int = 0
+    pending_row: dict | None = None  # a step checkpointed before its validation: its row, logged after it
 
 
 class Timer:
@@ -565,6 +566,26 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
 
+    def _log(self, row: dict, log) -> None:
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+
+    def _validate_and_log(self, row: dict, log) -> None:
+        """Validate at this step, add the result to `row`, log it, and keep a "best" checkpoint when it is."""
+        start = time.perf_counter()
+        result = self.validate()
+        row["seconds_eval"] = time.perf_counter() - start
+        row["val_mean_at_k"] = self.state.final_val = result["mean_at_k"]
+        if self.state.best_val is None or result["mean_at_k"] > self.state.best_val:
+            self.state.best_val, self.state.best_step = result["mean_at_k"], self.state.step
+            row["val_best"] = True
+        self._log(row, log)
+        if row.get("val_best"):
+            if self.world == 1:
+                self.save("best", mark_latest=False)
+            else:
+                self.export("checkpoints/best")
+
     def train(self) -> Path:
         c, lead = self.config, self.rank == 0  # rank 0 writes the run's files
         if lead:
@@ -572,26 +593,28 @@ class Trainer:
         bar = tqdm(total=c.train.steps, initial=self.state.step, desc=self.run_dir.name,
                    disable=not (self.progress and lead))
         with (self.metrics_path.open("a") if lead else open(os.devnull, "w")) as log:
+            if self.state.pending_row is not None:  # resumed from a checkpoint written before its validation
+                row, self.state.pending_row = self.state.pending_row, None
+                self._validate_and_log(row, log)
             while self.state.step < c.train.steps:
                 row = self.step()
-                if c.train.eval_every and (self.state.step % c.train.eval_every == 0 or self.state.step == c.train.steps):
-                    start = time.perf_counter()
-                    result = self.validate()
-                    row["seconds_eval"] = time.perf_counter() - start
-                    row["val_mean_at_k"] = self.state.final_val = result["mean_at_k"]
-                    if self.state.best_val is None or result["mean_at_k"] > self.state.best_val:
-                        self.state.best_val, self.state.best_step = result["mean_at_k"], self.state.step
-                        row["val_best"] = True
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                if row.get("val_best"):
-                    if self.world == 1:
-                        self.save("best", mark_latest=False)
-                    else:
-                        self.export("checkpoints/best")
-                if c.train.checkpoint_every and (self.state.step % c.train.checkpoint_every == 0
-                                                 or self.state.step == c.train.steps):
+                last = self.state.step == c.train.steps
+                evaluate = bool(c.train.eval_every) and (self.state.step % c.train.eval_every == 0 or last)
+                keep = bool(c.train.checkpoint_every) and (self.state.step % c.train.checkpoint_every == 0 or last)
+                if keep and evaluate:
+                    # the step's checkpoint first, holding the row still to be logged: a validation that fails
+                    # (out of memory, killed) costs only itself, and a resume redoes it before step k + 1
+                    self.state.pending_row = row
                     self.save()
+                    self.state.pending_row = None
+                    self._validate_and_log(row, log)
+                else:
+                    if evaluate:
+                        self._validate_and_log(row, log)
+                    else:
+                        self._log(row, log)
+                    if keep:
+                        self.save()
                 bar.update(1)
                 bar.set_postfix(reward=f"{row['reward_mean']:.2f}", I=f"{row['information']:.3f}",
                                 rho=f"{row['rho']:.2f}", loss=f"{row['loss']:.4f}")

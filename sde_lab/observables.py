@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from sde_lab.problem import expect_output
+
 NAMES = ("loss", "norm2", "coord0", "cos", "norm4")
 
 
@@ -25,7 +27,10 @@ def resolve(test_fn, problem) -> tuple[str, Callable[[torch.Tensor], torch.Tenso
     if test_fn is None:
         test_fn = "loss" if problem.loss is not None else "norm2"
     if callable(test_fn):
-        return getattr(test_fn, "__name__", "custom"), test_fn
+        name = getattr(test_fn, "__name__", "custom")
+        x = problem.x0.expand(2, -1).clone()
+        expect_output(f"test_fn {name!r}", test_fn(x), ("M",), {"M": 2, "d": problem.dim}, x.dtype)
+        return name, test_fn
     if test_fn == "loss":
         if problem.loss is None:
             raise ValueError(f"test_fn='loss' needs a problem with a loss; {problem.name!r} has none")

@@ -55,11 +55,61 @@ class Problem:
     oracle: object | None = field(default=None, repr=False)
 
     def __post_init__(self):
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"dim must be a positive int, got {self.dim!r}")
         self.x0 = torch.as_tensor(self.x0, dtype=torch.float64).reshape(-1)
         if self.x0.shape != (self.dim,):
             raise ValueError(f"x0 must have shape ({self.dim},), got {tuple(self.x0.shape)}")
+        if not torch.isfinite(self.x0).all():
+            raise ValueError(f"x0 must be finite, got {self.x0.tolist()}")
+        if self.lambda_max is not None and not (isinstance(self.lambda_max, (int, float)) and 0 < self.lambda_max < float("inf")):
+            raise ValueError(f"lambda_max must be a positive finite number or None, got {self.lambda_max!r}")
         if self.name is None:
             self.name = "problem"
+        self.check_functions()
+
+    def check_functions(self, paths: int = 2) -> None:
+        """Call every function once at x0 (a batch of `paths` rows, float64) and refuse any output whose
+        type, shape, dtype or finiteness is not the documented one, saying what was expected: a wrong
+        shape broadcasts silently in the solvers (a (M, 1) noise factor read as a constant matrix)."""
+        x = self.x0.expand(paths, -1).clone()
+        sizes = {"M": paths, "d": self.dim}
+        expect_output(f"problem {self.name!r}: grad(x)", self.grad(x), ("M", "d"), sizes, x.dtype)
+        if isinstance(self.noise_sqrt, torch.Tensor):
+            if self.noise_sqrt.dim() != 2 or self.noise_sqrt.shape[0] != self.dim or not self.noise_sqrt.is_floating_point():
+                raise ValueError(f"problem {self.name!r}: a constant noise_sqrt must be a floating (d, m) = "
+                                 f"({self.dim}, m) tensor, got {self.noise_sqrt.dtype} {tuple(self.noise_sqrt.shape)}")
+            expect_output(f"problem {self.name!r}: noise_sqrt", self.noise(x), ("d", "m"), sizes, x.dtype)
+        elif callable(self.noise_sqrt):
+            expect_output(f"problem {self.name!r}: noise_sqrt(x)", self.noise_sqrt(x), ("M", "d", "m"), sizes, x.dtype)
+        else:
+            raise TypeError(f"problem {self.name!r}: noise_sqrt must be a callable (M, d) → (M, d, m) or a (d, m) "
+                            f"tensor, got {type(self.noise_sqrt).__name__}")
+        for name in ("info", "loss"):
+            fn = getattr(self, name)
+            if fn is not None:
+                expect_output(f"problem {self.name!r}: {name}(x)", fn(x), ("M",), sizes, x.dtype)
+        if self.sample_grad is not None:
+            out = self.sample_grad(x, torch.Generator().manual_seed(0))
+            what = f"problem {self.name!r}: sample_grad(x, gen)"
+            if isinstance(out, tuple):
+                if len(out) != 2:
+                    raise ValueError(f"{what} must return grads (M, d) or a pair (grads (M, d), infos (M,)), "
+                                     f"got a tuple of {len(out)}")
+                expect_output(what + "[0]", out[0], ("M", "d"), sizes, x.dtype)
+                if out[1] is not None:
+                    expect_output(what + "[1]", out[1], ("M",), sizes, x.dtype)
+            else:
+                expect_output(what, out, ("M", "d"), sizes, x.dtype)
+        if self.batches is not None:
+            out = self.batches(x)
+            what = f"problem {self.name!r}: batches(x)"
+            if not isinstance(out, tuple) or len(out) != 3:
+                raise ValueError(f"{what} must return (grads (M, B, d), infos (M, B) or None, weights (B,))")
+            expect_output(what + "[0]", out[0], ("M", "B", "d"), sizes, x.dtype)
+            if out[1] is not None:
+                expect_output(what + "[1]", out[1], ("M", "B"), sizes, x.dtype)
+            expect_output(what + "[2]", out[2], ("B",), sizes, x.dtype)
 
     def noise(self, x: torch.Tensor) -> torch.Tensor:
         """Σ^{1/2} at x: (M, d, m), or the constant (d, m) factor."""
@@ -90,3 +140,31 @@ def deviation_factor(per_sample: torch.Tensor, weights: torch.Tensor) -> torch.T
     """A factor S (M, d, B) of the weighted covariance of B vectors (M, B, d): S Sᵀ = Σ_b w_b (v_b − v̄)(v_b − v̄)ᵀ."""
     mean = torch.einsum("b,pbd->pd", weights, per_sample)
     return ((per_sample - mean[:, None, :]) * weights.sqrt()[None, :, None]).transpose(1, 2)
+
+
+def expect_output(what: str, value, dims: tuple[str, ...], sizes: dict, dtype: torch.dtype) -> torch.Tensor:
+    """Refuse `value` unless it is a finite `dtype` tensor whose shape matches `dims` (names of sizes; a
+    name not yet in `sizes` is bound by its first use, e.g. m or B). Returns it."""
+    expected = _shape_text(dims, {})
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{what} must return a torch.Tensor of shape {expected}, got {type(value).__name__}")
+    if value.dim() != len(dims):
+        raise ValueError(f"{what} returned shape {tuple(value.shape)}, expected {expected} = "
+                         f"{_shape_text(dims, sizes)} ({value.dim()} dimensions instead of {len(dims)})")
+    for name, size in zip(dims, value.shape):
+        if name in sizes and sizes[name] != size:
+            raise ValueError(f"{what} returned shape {tuple(value.shape)}, expected {expected} = {_shape_text(dims, sizes)}")
+        sizes.setdefault(name, size)
+        if size < 1:
+            raise ValueError(f"{what} returned shape {tuple(value.shape)}: {name} must be at least 1")
+    if value.dtype != dtype:
+        raise TypeError(f"{what} returned {value.dtype}, expected {dtype}, the dtype of x (a lower precision "
+                        f"rounds away the weak errors being measured)")
+    if not torch.isfinite(value).all():
+        raise ValueError(f"{what} is not finite at the problem's x0: {value.flatten()[:8].tolist()}")
+    return value
+
+
+def _shape_text(dims, sizes) -> str:
+    """("M", "d") → "(M, d)" or, with sizes, "(2, 3)"; one dimension reads "(M,)" as Python writes it."""
+    return str(tuple(sizes.get(n, n) for n in dims)).replace("'", "")

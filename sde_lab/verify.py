@@ -63,7 +63,8 @@ def _order_row(must_hold: bool, problem, etas, horizon, judge=None, **kwargs) ->
         measured += f", plateau {r.poly_fit.coefficients[0]:.3g}"
     if r.paths:
         measured += f", {r.paths} paths"
-    verdict, ok = (r.verdict(), r.passed()) if judge is None else judge(r)
+    # a broken measurement (non-finite or blown-up paths, past stability) fails whatever the judge reads
+    verdict, ok = (r.verdict(), r.passed()) if judge is None or r.invalid_reasons else judge(r)
     if judge is not None:
         claim = getattr(judge, "claim", claim)
     multiplier = kwargs.get("multiplier")

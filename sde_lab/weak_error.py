@@ -17,12 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 from pgpo import Multiplier
-from sde_lab import observables
+from sde_lab import observables, stability
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.euler_maruyama import coupled_paths
 from sde_lab.fit import PolynomialFit, SlopeFit, polynomial_fit, slope_fit
-from sde_lab.problem import Problem
-from sde_lab.sme import sme
+from sde_lab.problem import Problem, expect_output
+from sde_lab.sme import SDEModel, sme
 
 REFERENCES = ("auto", "exact", "em")
 
@@ -41,7 +41,7 @@ class WeakErrorResult:
     errors: np.ndarray  # signed, e = E g(x) − E g(X)
     stderr: np.ndarray  # 0 for exact references
     paths: int  # 0 when nothing was sampled
-    diverged: np.ndarray  # non-finite paths per η, excluded from the means
+    diverged: np.ndarray  # paths per η that were non-finite or blew up (see `BLOW_UP`), excluded from the means
     reference: str  # "exact" or "em(dt=η/2^r, richardson)"
     slope_fit: SlopeFit
     poly_fit: PolynomialFit
@@ -49,6 +49,26 @@ class WeakErrorResult:
     checkpoint_errors: np.ndarray  # (len(etas), len(checkpoint_times)) signed errors there
     paths_needed: np.ndarray  # M for a 95% half-width ≤ 20% of |e| (docs/weak_order.md); 0 when exact
     notes: list[str] = field(default_factory=list)
+    stability: np.ndarray | None = None  # η·ρ_max·λ_max per η (NaN where λ_max is unknown); < 2 is stable
+    lambda_source: str = "unknown"  # "declared", "measured" (at x0 and along the SDE's paths) or "unknown"
+
+    @property
+    def invalid_reasons(self) -> list[str]:
+        """Why this ladder is not a measurement of the weak error at all (empty when it is): paths that were
+        non-finite or blew up, or a learning rate past the stability limit η·ρ_max·λ_max < 2."""
+        reasons = []
+        bad = [(float(eta), int(n)) for eta, n in zip(self.etas, self.diverged) if n > 0]
+        if bad:
+            reasons.append(f"non-finite or blown-up paths (of {self.paths}): "
+                           + ", ".join(f"{n} at η = {eta:g}" for eta, n in bad))
+        if not np.all(np.isfinite(self.errors)):
+            reasons.append("no finite error at η = " + ", ".join(f"{e:g}" for e in self.etas[~np.isfinite(self.errors)]))
+        if self.stability is not None:
+            past = [(float(eta), float(v)) for eta, v in zip(self.etas, self.stability) if v >= 2.0]
+            if past:
+                reasons.append(f"past stability (λ_max {self.lambda_source}): "
+                               + ", ".join(f"η·ρ_max·λ_max = {v:.3g} ≥ 2 at η = {eta:g}" for eta, v in past))
+        return reasons
 
     @property
     def max_errors(self) -> np.ndarray:
@@ -73,6 +93,8 @@ class WeakErrorResult:
             "polynomial_ci": dict(zip(("a", "C1", "C2"), self.poly_fit.ci)),
             "supports_order_one": self.poly_fit.supports_order_one,
             "diverged": self.diverged.tolist(),
+            "stability": None if self.stability is None else self.stability.tolist(),
+            "lambda_source": self.lambda_source,
             "max_errors_over_checkpoints": self.max_errors.tolist(),
             "paths_needed": self.paths_needed.tolist(),
         }
@@ -80,11 +102,15 @@ class WeakErrorResult:
     def verdict(self) -> str:
         """Does the measurement bear out the claimed order? (the acceptance rules of `docs/weak_order.md`.)
 
-        Order p holds when |slope − p| < 0.2 (p = 1) or 0.3 (p = 2) with a CI narrower than 0.3
+        A ladder with any non-finite or blown-up path, or past stability, is "invalid: …" (see
+        `invalid_reasons`) whatever its fit says. Order p holds when |slope − p| < 0.2 (p = 1) or 0.3 (p = 2) with a CI narrower than 0.3
         (p = 1); a slope clearly above p also bears the claim out (weak order p is an upper bound
         on the error) and says so. A claim of order 0 (no convergence) holds when the signed fit's
         intercept is not 0 or the errors do not fall (slope ≤ 0.5).
         """
+        invalid = self.invalid_reasons
+        if invalid:
+            return "invalid: " + "; ".join(invalid)
         lo, hi = self.slope_ci
         if self.claimed_order == 0:
             a_lo, a_hi = self.poly_fit.ci[0]
@@ -102,7 +128,7 @@ class WeakErrorResult:
         return f"FAIL: slope {self.slope:.2f}"
 
     def passed(self) -> bool:
-        return not self.verdict().startswith(("FAIL", "inconclusive"))
+        return not self.verdict().startswith(("FAIL", "inconclusive", "invalid"))
 
 
 def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | None = None, sde: str = "scaled",
@@ -133,17 +159,17 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
         device: torch device for the paths.
         progress: show a progress bar over the ladder.
     """
-    etas = np.asarray(sorted((float(e) for e in etas), reverse=True))
-    if len(etas) < 2 or np.any(etas <= 0):
-        raise ValueError(f"etas must hold at least two positive learning rates, got {etas.tolist()}")
+    etas = _ladder(etas)
     steps = _steps(etas, horizon)
-    _check_stability(problem, etas, multiplier)
+    rho_max = 1.0 if multiplier is None else multiplier.rho_max
+    lam = stability.check_ladder(problem, etas, rho_max)
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
     if noise is None:
         noise = "sample" if signal == "minibatch" else "gaussian"
     test_name, g = observables.resolve(test_fn, problem)
-    models = [sde(eta) if callable(sde) else sme(problem, eta, multiplier, sde, order, signal, drift) for eta in etas]
+    models = [_user_model(sde, eta, problem) if callable(sde) else sme(problem, eta, multiplier, sde, order, signal, drift)
+              for eta in etas]
     processes = [DiscreteProcess(problem, eta, multiplier, signal, noise) for eta in etas]
 
     times = etas[0] * np.arange(1, steps[0] + 1)  # every multiple of the coarsest step
@@ -158,6 +184,8 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
             raise ValueError("refine must be >= 1: a reference at dt = η measures zero error by construction")
         errors, stderr, needed = np.zeros(len(etas)), np.zeros(len(etas)), np.zeros(len(etas), int)
         diverged = np.zeros(len(etas), int)
+        visited = []  # per checkpoint, the SDE path farthest from the origin: where the curvature is measured
+        reach, final_norms = np.zeros(len(etas)), []  # the SDE paths' largest norm, and their final norms, per η
         checkpoints = np.zeros((len(etas), len(times)))
         ladder = tqdm(list(enumerate(etas)), desc=f"{problem.name} {processes[0].name} vs {models[0].name}",
                       disable=not progress, leave=False)
@@ -167,21 +195,46 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
 
             def observe(x, y, y_coarse):
                 seen.append(_difference(g, x, y, y_coarse))
+                visited.append(_farthest(y))
+                reach[j] = max(reach[j], _reach(y))
 
-            coupled_paths(processes[j], models[j], steps[j], paths, refine, richardson, gen, device,
-                          every=steps[j] // steps[0], observe=observe)
+            _, y_final, _ = coupled_paths(processes[j], models[j], steps[j], paths, refine, richardson, gen, device,
+                                          every=steps[j] // steps[0], observe=observe)
+            final_norms.append(y_final.norm(dim=-1).double().cpu().numpy())
             checkpoints[j] = [d.mean() if len(d) else np.nan for d, _ in seen]
             d, diverged[j] = seen[-1]
-            errors[j] = d.mean() if len(d) else np.nan
-            stderr[j] = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.nan
-            if len(d) > 1 and errors[j] != 0:
-                needed[j] = int(np.ceil((1.96 * d.std(ddof=1) / (0.2 * abs(errors[j]))) ** 2))
+            with np.errstate(over="ignore", invalid="ignore"):  # blown-up ladders: flagged below, not fatal here
+                errors[j] = d.mean() if len(d) else np.nan
+                stderr[j] = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.nan
+                if len(d) > 1 and errors[j] != 0:
+                    want = (1.96 * d.std(ddof=1) / (0.2 * abs(errors[j]))) ** 2
+                    needed[j] = int(np.ceil(want)) if want < np.iinfo(np.int64).max else np.iinfo(np.int64).max
+        # the reference itself blown up (Euler–Maruyama at dt = η/2^r past its own stability): its paths reach
+        # BLOW_UP times farther than the finest η's, whose reference is the most stable of the ladder
+        bound = BLOW_UP * (1.0 + float(problem.x0.norm()) + reach[-1])
+        for j in range(len(etas)):
+            if reach[j] > bound:
+                blown = int((~(final_norms[j] <= bound)).sum())
+                diverged[j] = min(paths, max(diverged[j] + blown, 1))
+                notes.append(f"the SDE reference blew up at η = {etas[j]:g}: its paths reach |Y| = {reach[j]:.3g}, "
+                             f"the finest η's {reach[-1]:.3g}")
         used_paths = paths
         ref_name = f"em(dt=η/{2**refine}{', richardson' if richardson else ''})"
-        if diverged.any():
-            notes.append(f"non-finite paths excluded per η: {diverged.tolist()} of {paths}")
         if needed[-1] > paths:
             notes.append(f"at η = {etas[-1]:g} a 95% half-width of 20% of |e| needs {needed[-1]} paths, {paths} were run")
+        if diverged.any():
+            notes.append(f"non-finite or blown-up paths excluded per η: {diverged.tolist()} of {paths}")
+        if visited:
+            # the curvature where the SDE went, not only at x0: a non-convex problem steepens away from it
+            states = torch.cat(visited)
+            states = states[torch.linspace(0, len(states) - 1, min(len(states), 64)).round().long()]
+            along = stability.max_curvature(problem.grad, torch.cat([problem.x0[None, :], states.to(problem.x0)]))
+            lam = along if lam is None or (along is not None and along > lam) else lam
+    lam, source = stability.largest(problem.lambda_max, lam)
+    if lam is None:
+        notes.append(f"no stability check: the problem declares no lambda_max and its curvature could not be "
+                     f"measured (d = {problem.dim} > {stability.MAX_DIM}, or a non-finite Hessian)")
+    ratios = np.full(len(etas), np.nan) if lam is None else etas * rho_max * max(lam, 0.0)
     fit = slope_fit(etas, errors, stderr)
     poly = polynomial_fit(etas, errors, stderr, fit.used)
     return WeakErrorResult(
@@ -189,18 +242,76 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
         claimed_order=models[0].claimed_order, horizon=float(horizon), etas=etas, errors=errors, stderr=stderr,
         paths=used_paths, diverged=diverged, reference=ref_name, slope_fit=fit, poly_fit=poly,
         checkpoint_times=times, checkpoint_errors=checkpoints, paths_needed=needed, notes=notes,
+        stability=ratios, lambda_source=source,
     )
 
 
-def _difference(g, x, y, y_coarse):
-    """Per-path g(x) − reference (Richardson-extrapolated when y_coarse is given), finite paths only.
+BLOW_UP = 1e3  # a discrete path this many times farther out than every SDE path (plus 1) has blown up
 
-    Returns (differences as a float64 numpy array, number of non-finite paths dropped).
+
+def _difference(g, x, y, y_coarse):
+    """Per-path g(x) − reference (Richardson-extrapolated when y_coarse is given), sound paths only.
+
+    A path is dropped when anything in it is non-finite, or when the discrete state has blown up: its
+    norm exceeds BLOW_UP·(1 + the largest norm of any finite SDE path) — a finite but diverged path
+    would otherwise enter the mean with an error of 1e15.
+    Returns (differences as a float64 numpy array, number of paths dropped).
     """
-    ref = 2 * g(y) - g(y_coarse) if y_coarse is not None else g(y)
-    diff = g(x) - ref
-    finite = torch.isfinite(diff) & torch.isfinite(x).all(-1) & torch.isfinite(y).all(-1)
-    return diff[finite].double().cpu().numpy(), int((~finite).sum())
+    with torch.no_grad():
+        ref = 2 * g(y) - g(y_coarse) if y_coarse is not None else g(y)
+        diff = g(x) - ref
+        sound = torch.isfinite(diff) & torch.isfinite(x).all(-1) & torch.isfinite(y).all(-1)
+        if y_coarse is not None:
+            sound &= torch.isfinite(y_coarse).all(-1)
+        reach = y.norm(dim=-1)[torch.isfinite(y).all(-1)]
+        bound = BLOW_UP * (1.0 + (float(reach.max()) if len(reach) else 0.0))
+        sound &= x.norm(dim=-1) <= bound
+    return diff[sound].double().cpu().numpy(), int((~sound).sum())
+
+
+def _reach(y: torch.Tensor) -> float:
+    """The largest norm of a finite row of y (M, d); 0 when none is finite."""
+    norms = y.norm(dim=-1)
+    norms = norms[torch.isfinite(norms)]
+    return float(norms.max()) if len(norms) else 0.0
+
+
+def _farthest(y: torch.Tensor) -> torch.Tensor:
+    """The finite row of y (M, d) with the largest norm, as (1, d) on the CPU (empty when none is finite)."""
+    finite = y[torch.isfinite(y).all(-1)]
+    if not len(finite):
+        return y[:0].cpu()
+    return finite[finite.norm(dim=-1).argmax()][None, :].cpu()
+
+
+def _ladder(etas) -> np.ndarray:
+    """The learning rates, coarsest first; refused unless ≥ 2 distinct, positive and finite."""
+    try:
+        values = [float(e) for e in np.asarray(etas, dtype=object).reshape(-1)]
+    except (TypeError, ValueError):
+        raise ValueError(f"etas must be numbers, got {etas!r}") from None
+    ladder = np.asarray(sorted(values, reverse=True))
+    if len(ladder) < 2 or not np.all(np.isfinite(ladder)) or np.any(ladder <= 0):
+        raise ValueError(f"etas must hold at least two positive finite learning rates, got {ladder.tolist()}")
+    close = np.isclose(ladder[1:], ladder[:-1], rtol=1e-9, atol=0.0)
+    if close.any():
+        raise ValueError(f"etas must be distinct: {ladder[1:][close].tolist()} repeated in {ladder.tolist()} "
+                         f"(a slope needs errors at different learning rates)")
+    return ladder
+
+
+def _user_model(sde, eta: float, problem: Problem) -> SDEModel:
+    """`sde(eta)`, checked once: an SDEModel whose drift is (M, d) and diffusion (M, d, m) or (d, m)."""
+    model = sde(eta)
+    if not isinstance(model, SDEModel):
+        raise TypeError(f"sde(eta) must return an sde_lab.SDEModel, got {type(model).__name__}")
+    x = problem.x0.expand(2, -1).clone()
+    sizes = {"M": 2, "d": problem.dim, "m": model.noise_dim}
+    expect_output(f"SDE {model.name!r}: drift(x)", model.drift(x), ("M", "d"), sizes, x.dtype)
+    factor = model.diffusion(x)
+    dims = ("d", "m") if isinstance(factor, torch.Tensor) and factor.dim() == 2 else ("M", "d", "m")
+    expect_output(f"SDE {model.name!r}: diffusion(x)", factor, dims, sizes, x.dtype)
+    return model
 
 
 def _steps(etas: np.ndarray, horizon: float) -> list[int]:
@@ -211,19 +322,6 @@ def _steps(etas: np.ndarray, horizon: float) -> list[int]:
             raise ValueError(f"eta={eta:g} does not divide horizon={horizon:g} into whole steps")
         steps.append(k)
     return steps
-
-
-def _check_stability(problem: Problem, etas: np.ndarray, multiplier: Multiplier | None) -> None:
-    """Refuse ladders that break η·ρ_max·λ_max < 2, where discrete and SDE part ways for good."""
-    if problem.lambda_max is None:
-        return
-    rho_max = 1.0 if multiplier is None else multiplier.rho_max
-    worst = etas.max() * rho_max * problem.lambda_max
-    if worst >= 2.0:
-        raise ValueError(
-            f"eta={etas.max():g} is unstable on {problem.name!r}: η·ρ_max·λ_max = {worst:.3g} ≥ 2 "
-            f"(λ_max = {problem.lambda_max:.3g}, ρ_max = {rho_max:g}); start the ladder below {2 / (rho_max * problem.lambda_max):.3g}"
-        )
 
 
 def _exact_errors(problem, etas, steps, horizon, multiplier, sde, order, noise, test_name, reference, times):

@@ -380,3 +380,29 @@ def test_an_overlong_test_prompt_is_dropped_and_reported_like_a_training_one(tin
     captured = capsys.readouterr()
     assert "dropped 1 test prompts longer than 512 tokens" in captured.out + captured.err
     assert t.validate()["mean_at_k"] >= 0.0
+
+
+def test_a_validation_that_fails_never_costs_the_checkpoint_of_its_step(tiny_model_dir, tmp_path):
+    """Validation out of memory at step 2 (checkpoint and evaluation both due): the step-2 checkpoint is already
+    on disk, and the resumed run redoes the validation, logs step 2 once and ends equal to an uninterrupted one."""
+    common = ("train.checkpoint_every=2", "train.eval_every=2", "eval.samples=2", "train.steps=4")
+    full = Trainer(config(tiny_model_dir, tmp_path, *common), tmp_path / "full", progress=False)
+    full.train()
+    faulty = Trainer(config(tiny_model_dir, tmp_path, *common), tmp_path / "run", progress=False)
+
+    def out_of_memory():
+        raise torch.OutOfMemoryError("a 41 GB allocation during validation")
+
+    faulty.validate = out_of_memory  # this instance only: the fault, not the code under test
+    with pytest.raises(torch.OutOfMemoryError):
+        faulty.train()
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-000002"
+    del faulty
+    resumed = Trainer(config(tiny_model_dir, tmp_path, *common), tmp_path / "run", progress=False)
+    assert resumed.resume() and resumed.state.step == 2 and resumed.state.pending_row["step"] == 2
+    resumed.train()
+    assert run_rows(tmp_path / "full" / "metrics.jsonl") == run_rows(tmp_path / "run" / "metrics.jsonl")
+    a, b = weights(full.model), weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    summary = lambda run: json.loads((tmp_path / run / "summary.json").read_text())  # noqa: E731
+    assert summary("full") == summary("run")
