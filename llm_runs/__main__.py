@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from llm_runs.config import ConfigError, load
+from llm_runs.config import ConfigError, load, load_for_resume
 from llm_runs.data import DataError
 
 
@@ -22,7 +22,7 @@ def _train(args) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run folder)")
-        config = load(run_dir / "config.yaml", args.overrides)
+        config = load_for_resume(run_dir, args.overrides)  # refuses changes that make it another experiment
         trainer = Trainer(config, run_dir, progress=not args.no_progress)
         if not trainer.resume():
             print(f"{run_dir}: no checkpoint yet, starting from step 0", file=sys.stderr)

@@ -269,12 +269,17 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> R
                 raise ConfigError(f"{path}: section {section!r} must be a mapping, got {values!r}")
             for name, value in values.items():
                 _set(config, f"{section}.{name}", value, where=f"{path}: ")
+    apply_overrides(config, overrides)
+    return config
+
+
+def apply_overrides(config: RunConfig, overrides) -> None:
+    """`section.key=value` items (values parsed as YAML) set on `config`."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r}: expected section.key=value")
         _set(config, key.strip(), yaml.safe_load(raw) if raw.strip() else None, where="command line: ")
-    return config
 
 
 def from_dict(data: dict) -> RunConfig:
@@ -283,4 +288,88 @@ def from_dict(data: dict) -> RunConfig:
     for section, values in data.items():
         for name, value in values.items():
             _set(config, f"{section}.{name}", value, where="resolved config: ")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# resuming a run with changed settings
+
+# What `--resume` may change: the run's length, its logging, evaluation and checkpoint cadence, where it
+# lives, and memory knobs that leave every computed number the same up to float rounding. Any other
+# change would make the resumed run a different experiment from the one its first steps belong to.
+RESUME_SAFE = (
+    "train.steps", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+    "train.output_dir", "train.run_name",
+    "loss.micro_batch_size", "loss.implementation", "loss.chunk_size", "model.gradient_checkpointing",
+    "rollout.gpu_memory_utilization", "rollout.enforce_eager", "rollout.cpu_kv_cache_gib",
+    "rollout.logprob_gap_alarm", "warm_start.*",  # warm_start: read by the warm-start command, not by training
+)
+
+
+def flat(config: RunConfig) -> dict:
+    """{"section.key": value} for every setting."""
+    return {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
+
+
+def resume_safe(key: str) -> bool:
+    return key in RESUME_SAFE or f"{key.partition('.')[0]}.*" in RESUME_SAFE
+
+
+def resume_changes(saved: RunConfig, new: RunConfig) -> tuple[dict, dict]:
+    """The settings that differ between a run's saved config and the one it is resumed with, split into
+    (refused, allowed): {key: (saved value, new value)} each."""
+    before, after = flat(saved), flat(new)
+    changed = {k: (before[k], after[k]) for k in before if _normal(before[k]) != _normal(after[k])}
+    refused = {k: v for k, v in changed.items() if not resume_safe(k)}
+    return refused, {k: v for k, v in changed.items() if k not in refused}
+
+
+def check_resume(saved: RunConfig, new: RunConfig, run_dir) -> dict:
+    """Refuse (ConfigError naming each key) a resume whose settings differ from the run's beyond RESUME_SAFE;
+    returns the allowed changes."""
+    refused, allowed = resume_changes(saved, new)
+    if refused:
+        listed = "; ".join(f"{k}: {old!r} → {new!r}" for k, (old, new) in refused.items())
+        raise ConfigError(
+            f"--resume {run_dir}: {len(refused)} setting(s) differ from the run's config.yaml and would make it a "
+            f"different experiment: {listed}. A resume may change only {', '.join(RESUME_SAFE)}; to change the "
+            f"others, start a new run (a new train.run_name).")
+    return allowed
+
+
+def _normal(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+RESUMED = "resumed.yaml"  # in a run folder: the allowed changes made by earlier resumes, {key: value}
+
+
+def load_for_resume(run_dir, overrides=()) -> RunConfig:
+    """A run's config for `--resume`: its config.yaml ← the changes earlier resumes made (RESUMED) ← `overrides`.
+    Refuses changes outside RESUME_SAFE (naming each key); records the allowed ones in RESUMED, so that the
+    next resume keeps them; config.yaml itself is never rewritten."""
+    import os
+
+    run_dir = Path(run_dir)
+    saved_path, resumed_path = run_dir / "config.yaml", run_dir / RESUMED
+    saved = load(saved_path)
+    earlier = {}
+    if resumed_path.exists():
+        try:
+            earlier = yaml.safe_load(resumed_path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{resumed_path}: not valid YAML: {err}") from None
+        if not isinstance(earlier, dict):
+            raise ConfigError(f"{resumed_path}: must map section.key to a value, got {earlier!r}")
+    config = load(saved_path)
+    for key, value in earlier.items():
+        _set(config, key, value, where=f"{resumed_path}: ")
+    apply_overrides(config, overrides)
+    allowed = check_resume(saved, config, run_dir)
+    if allowed and os.environ.get("RANK", "0") == "0":
+        tmp = resumed_path.with_name(RESUMED + ".tmp")
+        tmp.write_text(yaml.safe_dump({k: _normal(new) for k, (_, new) in allowed.items()}, sort_keys=False))
+        os.replace(tmp, resumed_path)
+    elif not allowed and resumed_path.exists() and os.environ.get("RANK", "0") == "0":
+        resumed_path.unlink()  # every earlier change undone on the command line
     return config

@@ -11,6 +11,7 @@ which is SDPO bit for bit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from llm_runs import checkpoint, parallel
-from llm_runs.config import ConfigError, RunConfig
+from llm_runs.config import ConfigError, RunConfig, check_resume, load
 from llm_runs.data import PromptSampler, load_hub, load_split, render
 from llm_runs.evaluate import evaluate
 from llm_runs.chunked_loss import chunked_self_distillation_loss, response_hidden
@@ -102,6 +103,14 @@ def attach_lora(model, m):
     config = LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=targets,
                         task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+def examples_sha256(examples) -> str:
+    """A fingerprint of a split's examples (ids, prompts, answers, system prompts), wherever they came from."""
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(json.dumps([e.idx, e.prompt, e.answer, e.system]).encode())
+    return digest.hexdigest()
 
 
 def load_examples(config: RunConfig, split: str):
@@ -183,6 +192,7 @@ class RunState:
     final_val: float | None = None  # the most recent validation
     metrics_offset: int = 0
     pending_row: dict | None = None  # a step checkpointed before its validation: its row, logged after it
+    data_sha256: dict | None = None  # {"data.train": …, "data.test": …}: the examples the run trains and validates on
 
 
 class Timer:
@@ -246,6 +256,7 @@ class Trainer:
         seed_everything(config.train.seed)
         self.train_examples = load_examples(config, "train")
         self.test_examples = load_examples(config, "test")
+        fingerprint = {"data.train": examples_sha256(self.train_examples), "data.test": examples_sha256(self.test_examples)}
         corpus = [e.prompt for e in self.train_examples + self.test_examples]
         self.source = model_source(config, self.run_dir, corpus)
         self.model, self.tokenizer = load_model(self.source, DTYPES[config.model.dtype], self.device,
@@ -276,7 +287,8 @@ class Trainer:
         self.multiplier = Multiplier(p.alpha, p.rho_max, form=p.form) if p.enabled else None
         self.engine = self._engine()
         self.sampler = PromptSampler(len(self.train_examples), config.train.seed)
-        self.state = RunState()
+        self.state = RunState(data_sha256=fingerprint)
+        self.resumed = False  # set by resume(): the run folder's config.yaml is then never rewritten
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     def _engine(self):
@@ -343,6 +355,10 @@ class Trainer:
     def resume(self) -> bool:
         """Load the latest checkpoint, if any, and push its weights to the rollout engine (which started from
         the base model)."""
+        saved = self.run_dir / "config.yaml"
+        if saved.exists():
+            check_resume(load(saved), self.config, self.run_dir)
+        self.resumed = True
         path = checkpoint.latest(self.run_dir)
         if path is None:
             self._forget_rows_after(0)  # killed before its first checkpoint: the run starts over from step 0
@@ -351,6 +367,18 @@ class Trainer:
         self._forget_rows_after(self.state.step)
         self.engine.update_weights(self.model.named_parameters())
         return True
+
+    def _check_same_data(self, then: dict | None) -> None:
+        """Refuse to resume on examples other than those the run's first steps saw (same paths, edited files):
+        `then` is the checkpoint's fingerprint, compared before anything of the checkpoint is applied."""
+        now = self.state.data_sha256
+        if then is None:  # a checkpoint from before fingerprints were kept
+            return
+        changed = [k for k in now if then.get(k) != now[k]]
+        if changed:
+            raise ConfigError(f"--resume {self.run_dir}: the examples of {', '.join(changed)} "
+                              f"({', '.join(str(getattr(self.config.data, k.split('.')[1])) for k in changed)}) "
+                              f"differ from those the run started on; resume on the same data, or start a new run")
 
     def _forget_rows_after(self, step: int) -> None:
         """Drop the logged rows of steps after `step` (they are redone): metrics.jsonl on rank 0 (a checkpoint
@@ -365,9 +393,10 @@ class Trainer:
     def _load(self, path: Path) -> None:
         if checkpoint.is_sharded(path) or self.world > 1:
             state = checkpoint.load_sharded(path, self.model, self.optimizer, self.teacher.model, self.rank)
+            self._check_same_data(state["run"].get("data_sha256"))
             self.scheduler.load_state_dict(state["scheduler"])
             self.sampler.load_state_dict(state["sampler"])
-            self.state = RunState(**state["run"])
+            self.state = RunState(**{**state["run"], "data_sha256": self.state.data_sha256})
             if self.rank == 0:
                 with self.metrics_path.open("r+b") as f:
                     f.truncate(self.state.metrics_offset)
@@ -390,12 +419,13 @@ class Trainer:
 
     def _load_rest(self, path: Path) -> None:
         state = torch.load(path / "trainer_state.pt", weights_only=False)
+        self._check_same_data(state["run"].get("data_sha256"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.teacher.load_state_dict(state["teacher"])
         self.sampler.load_state_dict(state["sampler"])
         checkpoint.set_rng_state(state["rng"])
-        self.state = RunState(**state["run"])
+        self.state = RunState(**{**state["run"], "data_sha256": self.state.data_sha256})
         with self.metrics_path.open("r+b") as f:  # rows written after the checkpoint are redone
             f.truncate(self.state.metrics_offset)
 
@@ -588,7 +618,7 @@ class Trainer:
 
     def train(self) -> Path:
         c, lead = self.config, self.rank == 0  # rank 0 writes the run's files
-        if lead:
+        if lead and not self.resumed:  # a resumed run keeps the config it started with
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(c.to_dict(), sort_keys=False))
         bar = tqdm(total=c.train.steps, initial=self.state.step, desc=self.run_dir.name,
                    disable=not (self.progress and lead))

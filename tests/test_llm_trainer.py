@@ -406,3 +406,83 @@ def test_a_validation_that_fails_never_costs_the_checkpoint_of_its_step(tiny_mod
     assert all(torch.equal(a[k], b[k]) for k in a)
     summary = lambda run: json.loads((tmp_path / run / "summary.json").read_text())  # noqa: E731
     assert summary("full") == summary("run")
+
+
+# ------------------------------------------------------------------------------------------------
+# resuming with changed settings
+
+
+def _cli(*args):
+    done = subprocess.run([sys.executable, "-m", "llm_runs", *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stderr
+
+
+@pytest.fixture
+def two_step_run(tiny_model_dir, tmp_path):
+    """A finished 2-step run with its step-2 checkpoint, written by the CLI."""
+    code, err = _cli("train", "--config", str(TINY), "--no-progress", f"model.path={tiny_model_dir}", "model.tiny=false",
+                     f"train.output_dir={tmp_path}", "train.run_name=r", f"data.train={FIXTURES / 'train.jsonl'}",
+                     f"data.test={FIXTURES / 'test.jsonl'}", "train.steps=2", "train.checkpoint_every=2", "train.eval_every=0")
+    assert code == 0, err[-2000:]
+    return tmp_path / "r"
+
+
+@pytest.mark.parametrize("override", [
+    "pgpo.alpha=3.0", "loss.beta=1.0", "pgpo.enabled=false", "model.dtype=bfloat16", "teacher.kind=live",
+    "model.path=/somewhere/else", "data.train=/other/train.jsonl", "data.test=/other/test.jsonl", "optim.lr=0.5",
+    "train.seed=7", "rollout.temperature=0.7", "eval.samples=3", "optim.betas=[0.8,0.9]",
+])
+def test_resume_refuses_a_setting_that_makes_another_experiment_naming_the_key(two_step_run, override):
+    from llm_runs.config import load_for_resume
+
+    before = (two_step_run / "config.yaml").read_bytes()
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key.replace('.', '[.]')}: .* → "):
+        load_for_resume(two_step_run, [override])
+    assert (two_step_run / "config.yaml").read_bytes() == before and not (two_step_run / "resumed.yaml").exists()
+
+
+def test_resume_with_changed_settings_ends_in_one_error_line_and_leaves_the_run_as_it_was(two_step_run):
+    before = {p.name: p.read_bytes() for p in (two_step_run / "config.yaml", two_step_run / "metrics.jsonl")}
+    code, err = _cli("train", "--resume", str(two_step_run), "--no-progress", "optim.lr=0.5", "train.seed=3")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: ") and "Traceback" not in err
+    assert "optim.lr: 0.001 → 0.5" in last and "train.seed: 0 → 3" in last
+    assert {p.name: p.read_bytes() for p in (two_step_run / "config.yaml", two_step_run / "metrics.jsonl")} == before
+
+
+def test_resume_allows_the_length_and_cadence_and_keeps_them_without_rewriting_config_yaml(two_step_run):
+    before = (two_step_run / "config.yaml").read_bytes()
+    code, err = _cli("train", "--resume", str(two_step_run), "--no-progress", "train.steps=3", "train.checkpoint_every=1",
+                     "train.eval_every=3", "train.log_every=1")
+    assert code == 0, err[-2000:]
+    assert (two_step_run / "config.yaml").read_bytes() == before  # still steps: 2, the run's first settings
+    import yaml
+    assert yaml.safe_load((two_step_run / "resumed.yaml").read_text()) == {
+        "train.steps": 3, "train.eval_every": 3, "train.checkpoint_every": 1}
+    assert [r["step"] for r in run_rows(two_step_run / "metrics.jsonl")] == [1, 2, 3]
+    assert (two_step_run / "eval" / "step-000003.json").exists()
+    # a later resume without overrides keeps them: the run is done at step 3, nothing is redone
+    code, err = _cli("train", "--resume", str(two_step_run), "--no-progress")
+    assert code == 0, err[-2000:]
+    assert [r["step"] for r in run_rows(two_step_run / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_resume_refuses_edited_data_files_at_the_same_path(tiny_model_dir, tmp_path):
+    rows = (FIXTURES / "train.jsonl").read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    c = config(tiny_model_dir, tmp_path, f"data.train={tmp_path / 'train.jsonl'}", "train.steps=1", "train.checkpoint_every=1")
+    Trainer(c, tmp_path / "run", progress=False).train()
+    (tmp_path / "train.jsonl").write_text("\n".join(rows[1:]) + "\n")  # one example fewer, same path
+    again = Trainer(c, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match=r"data.train .*differ from those the run started on"):
+        again.resume()
+
+
+def test_the_trainer_api_refuses_a_changed_seed_by_name_not_by_a_sampler_error(tiny_model_dir, tmp_path):
+    c = config(tiny_model_dir, tmp_path, "train.steps=1", "train.checkpoint_every=1")
+    Trainer(c, tmp_path / "run", progress=False).train()
+    other = config(tiny_model_dir, tmp_path, "train.steps=1", "train.checkpoint_every=1", "train.seed=5")
+    with pytest.raises(ConfigError, match=r"train.seed: 0 → 5"):
+        Trainer(other, tmp_path / "run", progress=False).resume()
