@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 from pathlib import Path
 
 from llm_runs.config import ConfigError, load, load_for_resume
+from llm_runs.checkpoint import StorageError
 from llm_runs.data import DataError
 
 
@@ -215,6 +217,12 @@ def main(argv=None) -> int:
                 "warm-start": _warm_start}[args.command](args)
     except (ConfigError, DataError) as err:  # bad input: one line naming the key, file or field, never a traceback
         parser.exit(2, f"error: {err}\n")
+    except OSError as err:
+        if isinstance(err, StorageError):
+            parser.exit(2, f"error: {err.strerror}\n")
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):  # a log or result file on a full disk
+            parser.exit(2, f"error: no space left on the device while writing {err.filename or 'a file'}\n")
+        raise
 
 
 if __name__ == "__main__":

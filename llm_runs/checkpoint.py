@@ -10,9 +10,11 @@ atomically after it, so a run killed at any moment leaves the previous checkpoin
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,32 +38,82 @@ def set_rng_state(state: dict) -> None:
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class StorageError(OSError):
+    """A checkpoint or export could not be written (no space left, or another OS error); what was partly
+    written has been removed and the previous checkpoint is intact."""
+
+
+def _no_space(err: BaseException, where: Path) -> bool:
+    """Whether `err` (or what caused it) is the disk filling up: ENOSPC/EDQUOT, the writers' own words for it
+    (safetensors: "StorageFull"; torch.save's zip writer only says "unexpected pos"), or a nearly full disk."""
+    chain, seen = err, set()
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        if isinstance(chain, OSError) and chain.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(words in str(chain) for words in ("No space left", "StorageFull", "Disk quota")):
+            return True
+        chain = chain.__cause__ or chain.__context__
+    try:
+        return shutil.disk_usage(where).free < (1 << 20)
+    except OSError:
+        return False
+
+
+@contextmanager
+def atomic_folder(final: Path):
+    """Yield a temporary folder beside `final`; on success it replaces `final` (the old one moved aside first),
+    on any error it is removed — a full disk becomes a StorageError naming the folder."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        yield tmp
+        if final.exists():  # replacing (e.g. "best"): move the old one aside first
+            old = final.parent / f".old-{final.name}"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+    except Exception as err:
+        full = _no_space(err, final.parent)
+        shutil.rmtree(tmp, ignore_errors=True)  # the partial folder must not keep holding the space
+        if full:
+            last = latest(final.parent.parent) if final.parent.name == "checkpoints" else None
+            kept = f"; the last complete checkpoint, {last}, is intact" if last else ""
+            raise StorageError(errno.ENOSPC, f"no space left on the device while writing {final} (the partial "
+                                             f"folder was removed{kept}): free some space and resume") from err
+        raise
 
 
 def save(run_dir: Path, name: str, model, tokenizer, state: dict, keep: int | None = 1, mark_latest: bool = True) -> Path:
     """Write checkpoint `name` atomically; keep the newest `keep` step checkpoints (None: all)."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / name
-    tmp = root / f".tmp-{name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save(state, tmp / "trainer_state.pt")
-    if final.exists():  # replacing (e.g. "best"): move the old one aside first
-        old = root / f".old-{name}"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
+    with atomic_folder(final) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(state, tmp / "trainer_state.pt")
     if mark_latest:
-        _write_text_atomic(root / "latest", name)
+        try:
+            _write_text_atomic(root / "latest", name)
+        except OSError as err:
+            if _no_space(err, root):
+                raise StorageError(errno.ENOSPC, f"no space left on the device while marking {final} as the "
+                                                 f"latest checkpoint: free some space and resume") from err
+            raise
         if keep is not None:
             steps = sorted(p for p in root.glob("step-*") if p.is_dir())
             for stale in steps[:-keep]:

@@ -567,17 +567,15 @@ class Trainer:
 
     def export(self, name: str = "final") -> Path | None:
         """Consolidated weights in the transformers format (rank 0 writes; every rank must call)."""
-        path = self.run_dir / name
-        if self.world == 1:
-            self.model.save_pretrained(path)
-        else:
+        path, full = self.run_dir / name, None
+        if self.world > 1:  # a collective: every rank gathers, rank 0 writes
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            if self.rank == 0:
-                self.model.save_pretrained(path, state_dict=full)
         if self.rank == 0:
-            self.tokenizer.save_pretrained(path)
+            with checkpoint.atomic_folder(path) as tmp:  # a full disk leaves no half-written export behind
+                self.model.save_pretrained(tmp, state_dict=full)
+                self.tokenizer.save_pretrained(tmp)
         return path
 
     # -- validation ---------------------------------------------------------------------------

@@ -486,3 +486,57 @@ def test_the_trainer_api_refuses_a_changed_seed_by_name_not_by_a_sampler_error(t
     other = config(tiny_model_dir, tmp_path, "train.steps=1", "train.checkpoint_every=1", "train.seed=5")
     with pytest.raises(ConfigError, match=r"train.seed: 0 → 5"):
         Trainer(other, tmp_path / "run", progress=False).resume()
+
+
+# ------------------------------------------------------------------------------------------------
+# a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (room for one checkpoint of the tiny model, ~2.7 MB, not two): a real full disk."""
+    import shutil
+
+    where = tmp_path / "small_disk"
+    where.mkdir()
+    mount = shutil.which("mount")
+    if mount is None or subprocess.run([mount, "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+                                       capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (or CAP_SYS_ADMIN)")
+    yield where
+    subprocess.run(["umount", str(where)], capture_output=True)
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_clean_error_and_the_run_resumes(tiny_model_dir, tmp_path, small_disk):
+    import shutil
+
+    code, err = _cli("train", "--config", str(TINY), "--no-progress", f"model.path={tiny_model_dir}", "model.tiny=false",
+                     f"train.output_dir={small_disk}", "train.run_name=r", f"data.train={FIXTURES / 'train.jsonl'}",
+                     f"data.test={FIXTURES / 'test.jsonl'}", "train.steps=4", "train.checkpoint_every=1",
+                     "train.eval_every=0")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    root = small_disk / "r" / "checkpoints"
+    assert last.startswith("error: no space left on the device while writing") and str(root / "step-000002") in last
+    assert "step-000001" in last and "is intact" in last
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000001"]  # no .tmp-* left holding the space
+    assert (root / "latest").read_text().strip() == "step-000001"
+    # moved to a disk with room, the run resumes from step 1 and logs every step once
+    moved = tmp_path / "moved"
+    shutil.copytree(small_disk / "r", moved)
+    code, err = _cli("train", "--resume", str(moved), "--no-progress")
+    assert code == 0, err[-2000:]
+    assert [r["step"] for r in run_rows(moved / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert (moved / "final" / "model.safetensors").exists()
+
+
+def test_an_export_that_fails_leaves_no_partial_folder(tiny_model_dir, tmp_path, small_disk):
+    from llm_runs.checkpoint import StorageError
+
+    t = Trainer(config(tiny_model_dir, tmp_path), tmp_path / "run", progress=False)
+    t.run_dir = small_disk  # the export goes to the small disk
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (4 * 2**20 - 200 * 2**10))  # leave ~200 KiB: less than the 660 KB of weights
+    with pytest.raises(StorageError, match=r"no space left on the device while writing .*final"):
+        t.export("final")
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
