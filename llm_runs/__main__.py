@@ -52,9 +52,11 @@ def _eval(args) -> int:
     from llm_runs.evaluate import evaluate
     from llm_runs.trainer import DTYPES, build_vllm_engine, load_model, resolve_device, seed_everything
 
+    from llm_runs import model_files
+
     checkpoint = Path(args.checkpoint)
-    if not (checkpoint / "config.json").exists():
-        raise ConfigError(f"--checkpoint {checkpoint}: no config.json there (a run's final/ or checkpoints/step-N)")
+    spec = model_files.check_folder(checkpoint, "--checkpoint")  # a clear error before anything is loaded
+    model_files.check_tokenizer(checkpoint, "--checkpoint")
     # the run's config: RUN/final (an export) or RUN/checkpoints/step-N
     run_config = next((p / "config.yaml" for p in (checkpoint.parent, checkpoint.parent.parent)
                        if (p / "config.yaml").exists()), None)
@@ -69,9 +71,11 @@ def _eval(args) -> int:
         from transformers import AutoTokenizer
 
         model, tokenizer = None, AutoTokenizer.from_pretrained(checkpoint)
+        model_files.check_tokenizer_fits(tokenizer, spec, f"--checkpoint {checkpoint}")
+        model_files.check_finite_files(checkpoint, "--checkpoint")
         engine = build_vllm_engine(config, str(checkpoint), device, seed=config.train.seed)
     else:
-        model, tokenizer = load_model(str(checkpoint), DTYPES[config.model.dtype], device)
+        model, tokenizer = load_model(str(checkpoint), DTYPES[config.model.dtype], device, what="--checkpoint")
         engine = None
     try:
         with torch.no_grad():

@@ -28,7 +28,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from llm_runs import checkpoint, parallel
+from llm_runs import checkpoint, model_files, parallel
 from llm_runs.config import ConfigError, RunConfig, check_resume, load
 from llm_runs.data import PromptSampler, load_hub, load_split, render
 from llm_runs.evaluate import evaluate
@@ -79,17 +79,29 @@ def model_source(config: RunConfig, run_dir: Path, corpus: list[str]) -> str:
     return config.model.path  # a hub id: from_pretrained downloads it (users with internet)
 
 
-def load_model(source: str, dtype: torch.dtype, device: torch.device, random_init: bool = False):
+def load_model(source: str, dtype: torch.dtype, device: torch.device, random_init: bool = False,
+               what: str = "model.path"):
+    """The model and tokenizer of `source` (a model folder or a hub id), checked first (`llm_runs.model_files`):
+    a clear error names the file for a folder that is not a model, unreadable or non-finite weights, a missing
+    or foreign tokenizer. `what` names the setting `source` came from, for those messages."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    local = Path(source).is_dir()
+    if local:
+        spec = model_files.check_folder(Path(source), what, weights=not random_init)
+        model_files.check_tokenizer(Path(source), what)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
+        if not local:
+            spec = AutoConfig.from_pretrained(source).to_dict()
+        model_files.check_tokenizer_fits(tokenizer, spec, f"{what} {source}")
         if random_init:  # the shape without the weights, initialised where it will run
             with torch.device(device):
                 return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=dtype), tokenizer
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except OSError as err:
-        raise ConfigError(f"model.path {source!r}: could not load a model and tokenizer ({err})") from None
+        raise ConfigError(f"{what} {source!r}: could not load a model and tokenizer ({err})") from None
+    model_files.check_finite_parameters(model, f"{what} {source}")
     return model.to(device), tokenizer
 
 
