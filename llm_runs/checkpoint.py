@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm_runs.config import ConfigError
+
 
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
@@ -91,7 +93,7 @@ def atomic_folder(final: Path):
         full = _no_space(err, final.parent)
         shutil.rmtree(tmp, ignore_errors=True)  # the partial folder must not keep holding the space
         if full:
-            last = latest(final.parent.parent) if final.parent.name == "checkpoints" else None
+            last = latest(final.parent.parent) if final.parent.name == "checkpoints" else None  # not strict: an aside
             kept = f"; the last complete checkpoint, {last}, is intact" if last else ""
             raise StorageError(errno.ENOSPC, f"no space left on the device while writing {final} (the partial "
                                              f"folder was removed{kept}): free some space and resume") from err
@@ -121,12 +123,31 @@ def save(run_dir: Path, name: str, model, tokenizer, state: dict, keep: int | No
     return final
 
 
-def latest(run_dir: Path) -> Path | None:
+def latest(run_dir: Path, strict: bool = False) -> Path | None:
+    """The newest complete checkpoint named by checkpoints/latest, or None when there is no pointer. A pointer
+    to a missing or incomplete folder (damage after the fact: writes are atomic) is None, or with `strict`
+    an error — resuming must not quietly start over from step 0 and drop the run's log."""
     pointer = Path(run_dir) / "checkpoints" / "latest"
     if not pointer.exists():
         return None
     path = pointer.parent / pointer.read_text().strip()
-    return path if (path / "trainer_state.pt").exists() else None
+    if (path / "trainer_state.pt").exists():
+        return path
+    if strict:
+        raise ConfigError(f"{pointer} names {path.name}, which is missing or incomplete (no trainer_state.pt): "
+                          f"point it at a complete checkpoint, or delete it to start the run over from step 0")
+    return None
+
+
+def read_state(file: Path) -> dict:
+    """torch.load of a checkpoint's state file, with a clear error when it is damaged."""
+    try:
+        return torch.load(file, weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        if isinstance(err, torch.OutOfMemoryError):
+            raise
+        raise ConfigError(f"{file}: cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:160]}); the "
+                          f"checkpoint was damaged after it was written") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,10 +200,10 @@ def load_sharded(path: Path, model, optimizer, teacher_model, rank: int) -> dict
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
                                                          set_state_dict)
 
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    state = read_state(path / "trainer_state.pt")
     world = dist.get_world_size() if dist.is_initialized() else 1
     if state.get("world_size") != world:
-        raise ValueError(f"checkpoint {path} was written by {state.get('world_size')} processes; "
+        raise ConfigError(f"checkpoint {path} was written by {state.get('world_size')} processes; "
                          f"resume it with the same number (this run has {world})")
     model_state, optim_state = get_state_dict(model, optimizer)
     shards = {"model": model_state, "optimizer": optim_state}
@@ -192,7 +213,7 @@ def load_sharded(path: Path, model, optimizer, teacher_model, rank: int) -> dict
     set_state_dict(model, optimizer, model_state_dict=shards["model"], optim_state_dict=shards["optimizer"])
     if teacher_model is not None:
         set_model_state_dict(teacher_model, shards["teacher"])
-    set_rng_state(torch.load(path / f"rng-rank{rank}.pt", weights_only=False))
+    set_rng_state(read_state(path / f"rng-rank{rank}.pt"))
     return state
 
 

@@ -33,7 +33,7 @@ def check_folder(path: Path, what: str, weights: bool = True) -> dict:
         raise ConfigError(f"{config_file}: not a transformers model config (no model_type)")
     if weights:
         for file in weight_files(path, what):
-            _open_safetensors(file)
+            open_safetensors(file)
     return config
 
 
@@ -58,7 +58,7 @@ def weight_files(path: Path, what: str) -> list[Path]:
     return files
 
 
-def _open_safetensors(file: Path):
+def open_safetensors(file: Path):
     from safetensors import SafetensorError, safe_open
 
     if file.stat().st_size == 0:
@@ -73,7 +73,7 @@ def check_finite_files(path: Path, what: str) -> None:
     """Read every floating tensor of the folder's weight files, one at a time; refuse NaN or inf."""
     bad = []
     for file in weight_files(Path(path), what):
-        with _open_safetensors(file) as f:
+        with open_safetensors(file) as f:
             for key in f.keys():
                 tensor = f.get_tensor(key)
                 if tensor.is_floating_point() and not torch.isfinite(tensor).all():

@@ -371,7 +371,7 @@ class Trainer:
         if saved.exists():
             check_resume(load(saved), self.config, self.run_dir)
         self.resumed = True
-        path = checkpoint.latest(self.run_dir)
+        path = checkpoint.latest(self.run_dir, strict=True)
         if path is None:
             self._forget_rows_after(0)  # killed before its first checkpoint: the run starts over from step 0
             return False
@@ -415,6 +415,8 @@ class Trainer:
             return
         from safetensors.torch import load_file
 
+        for file in sorted(path.glob("*.safetensors")):  # damaged weights: the file named, not a header error
+            model_files.open_safetensors(file)
         if self.config.model.lora_rank:
             from peft import set_peft_model_state_dict
 
@@ -430,7 +432,7 @@ class Trainer:
         self._load_rest(path)
 
     def _load_rest(self, path: Path) -> None:
-        state = torch.load(path / "trainer_state.pt", weights_only=False)
+        state = checkpoint.read_state(path / "trainer_state.pt")
         self._check_same_data(state["run"].get("data_sha256"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -628,8 +630,9 @@ class Trainer:
 
     def train(self) -> Path:
         c, lead = self.config, self.rank == 0  # rank 0 writes the run's files
-        if lead and not self.resumed:  # a resumed run keeps the config it started with
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(c.to_dict(), sort_keys=False))
+        saved = self.run_dir / "config.yaml"
+        if lead and not (self.resumed and saved.exists()):  # a resumed run keeps the config it started with
+            saved.write_text(yaml.safe_dump(c.to_dict(), sort_keys=False))
         bar = tqdm(total=c.train.steps, initial=self.state.step, desc=self.run_dir.name,
                    disable=not (self.progress and lead))
         with (self.metrics_path.open("a") if lead else open(os.devnull, "w")) as log:

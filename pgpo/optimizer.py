@@ -54,6 +54,9 @@ def modulated_step(optimizer: torch.optim.Optimizer, rho, closure=None, method: 
     Learning rates are restored even if the step raises, so LR schedulers keep working.
     """
     rho = _check_rho(rho)
+    if not callable(getattr(optimizer, "step", None)) or not isinstance(getattr(optimizer, "param_groups", None), list):
+        raise TypeError(f"optimizer must be a torch optimizer (an object with step() and a param_groups list), "
+                        f"got {type(optimizer).__name__}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if rho == 1.0:

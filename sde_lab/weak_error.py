@@ -160,6 +160,11 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
         progress: show a progress bar over the ladder.
     """
     etas = _ladder(etas)
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, float)) or not 0 < horizon < float("inf"):
+        raise ValueError(f"horizon must be a positive finite number, got {horizon!r}")
+    for name, value, least in (("paths", paths, 2), ("refine", refine, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
     steps = _steps(etas, horizon)
     rho_max = 1.0 if multiplier is None else multiplier.rho_max
     lam = stability.check_ladder(problem, etas, rho_max)

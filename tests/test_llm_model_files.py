@@ -114,3 +114,24 @@ def test_a_sharded_index_naming_a_missing_file_is_refused(checkpoint_dir, tmp_pa
             {"metadata": {}, "weight_map": {k: "model-00002-of-00002.safetensors" for k in names}}))
     folder = damaged(checkpoint_dir, tmp_path, "index", index)
     assert "lists weight files that are not there" in eval_error(capsys, folder)
+
+
+# ------------------------------------------------------------------------------------------------
+# resuming from a checkpoint damaged after it was written
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda ck: shutil.rmtree(ck), "names step-000001, which is missing or incomplete"),
+    (lambda ck: (ck / "trainer_state.pt").write_bytes((ck / "trainer_state.pt").read_bytes()[:1000]),
+     "trainer_state.pt: cannot be read"),
+    (lambda ck: (ck / "model.safetensors").write_bytes((ck / "model.safetensors").read_bytes()[:-5000]),
+     "model.safetensors: not a readable safetensors file"),
+])
+def test_resume_from_a_damaged_checkpoint_names_it_and_keeps_the_log(tiny_model_dir, checkpoint_dir, tmp_path, damage, words):
+    run = shutil.copytree(checkpoint_dir.parent.parent, tmp_path / "r")
+    log = (run / "metrics.jsonl").read_bytes()
+    damage(run / "checkpoints" / "step-000001")
+    trainer = Trainer(config(tiny_model_dir, tmp_path, "train.steps=1", "train.checkpoint_every=1"), run, progress=False)
+    with pytest.raises(ConfigError, match=words):
+        trainer.resume()
+    assert (run / "metrics.jsonl").read_bytes() == log  # not wiped as if the run had never checkpointed

@@ -271,3 +271,9 @@ def test_a_zero_dimensional_numpy_rho_is_read():
     torch.testing.assert_close(p.detach(), torch.full((3,), 1 - 0.15))
     with pytest.raises(ValueError, match="single number"):
         modulated_step(optimizer, np.array([1.5, 2.0]))
+
+
+@pytest.mark.parametrize("not_an_optimizer", [None, [torch.nn.Parameter(torch.ones(2))], torch.nn.Linear(2, 2)])
+def test_something_that_is_not_an_optimizer_is_named(not_an_optimizer):
+    with pytest.raises(TypeError, match="optimizer must be a torch optimizer"):
+        modulated_step(not_an_optimizer, 2.0)

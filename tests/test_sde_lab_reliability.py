@@ -117,6 +117,16 @@ def test_degenerate_ladders_are_refused(etas):
         weak_error(problems.quadratic(), etas, horizon=0.3)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(horizon=float("nan")), "horizon must be a positive finite"), (dict(horizon=-1.0), "horizon must be"),
+    (dict(paths=1), "paths must be an int >= 2"), (dict(paths=10.5), "paths must be an int"),
+    (dict(refine=-1), "refine must be an int >= 0"),
+])
+def test_bad_measurement_parameters_are_refused_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        weak_error(problems.double_well(), [0.1, 0.05], **{"horizon": 1.0, **kwargs})
+
+
 def test_a_ladder_of_strings_is_refused_by_name():
     with pytest.raises(ValueError, match="etas must be numbers"):
         weak_error(problems.quadratic(), ["fast", "slow"], horizon=1.0)
