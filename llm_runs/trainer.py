@@ -11,10 +11,10 @@ which is SDPO bit for bit.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
-import os
 import random
 import resource
 import time
@@ -608,11 +608,21 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def _log(self, row: dict, log) -> None:
-        log.write(json.dumps(row) + "\n")
-        log.flush()
+    def _log(self, row: dict) -> None:
+        """Append the step's row to metrics.jsonl (rank 0), opened and closed per row: a write that fails leaves
+        no buffered rest to fail again on close."""
+        if self.rank != 0:
+            return
+        try:
+            with self.metrics_path.open("a") as log:
+                log.write(json.dumps(row) + "\n")
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):  # the row is redone on resume (the log is cut back)
+                raise checkpoint.StorageError(errno.ENOSPC, f"no space left on the device while writing "
+                                                            f"{self.metrics_path}: free some space and resume") from err
+            raise
 
-    def _validate_and_log(self, row: dict, log) -> None:
+    def _validate_and_log(self, row: dict) -> None:
         """Validate at this step, add the result to `row`, log it, and keep a "best" checkpoint when it is."""
         start = time.perf_counter()
         result = self.validate()
@@ -621,7 +631,7 @@ class Trainer:
         if self.state.best_val is None or result["mean_at_k"] > self.state.best_val:
             self.state.best_val, self.state.best_step = result["mean_at_k"], self.state.step
             row["val_best"] = True
-        self._log(row, log)
+        self._log(row)
         if row.get("val_best"):
             if self.world == 1:
                 self.save("best", mark_latest=False)
@@ -635,32 +645,31 @@ class Trainer:
             saved.write_text(yaml.safe_dump(c.to_dict(), sort_keys=False))
         bar = tqdm(total=c.train.steps, initial=self.state.step, desc=self.run_dir.name,
                    disable=not (self.progress and lead))
-        with (self.metrics_path.open("a") if lead else open(os.devnull, "w")) as log:
-            if self.state.pending_row is not None:  # resumed from a checkpoint written before its validation
-                row, self.state.pending_row = self.state.pending_row, None
-                self._validate_and_log(row, log)
-            while self.state.step < c.train.steps:
-                row = self.step()
-                last = self.state.step == c.train.steps
-                evaluate = bool(c.train.eval_every) and (self.state.step % c.train.eval_every == 0 or last)
-                keep = bool(c.train.checkpoint_every) and (self.state.step % c.train.checkpoint_every == 0 or last)
-                if keep and evaluate:
-                    # the step's checkpoint first, holding the row still to be logged: a validation that fails
-                    # (out of memory, killed) costs only itself, and a resume redoes it before step k + 1
-                    self.state.pending_row = row
-                    self.save()
-                    self.state.pending_row = None
-                    self._validate_and_log(row, log)
+        if self.state.pending_row is not None:  # resumed from a checkpoint written before its validation
+            row, self.state.pending_row = self.state.pending_row, None
+            self._validate_and_log(row)
+        while self.state.step < c.train.steps:
+            row = self.step()
+            last = self.state.step == c.train.steps
+            evaluate = bool(c.train.eval_every) and (self.state.step % c.train.eval_every == 0 or last)
+            keep = bool(c.train.checkpoint_every) and (self.state.step % c.train.checkpoint_every == 0 or last)
+            if keep and evaluate:
+                # the step's checkpoint first, holding the row still to be logged: a validation that fails
+                # (out of memory, killed) costs only itself, and a resume redoes it before step k + 1
+                self.state.pending_row = row
+                self.save()
+                self.state.pending_row = None
+                self._validate_and_log(row)
+            else:
+                if evaluate:
+                    self._validate_and_log(row)
                 else:
-                    if evaluate:
-                        self._validate_and_log(row, log)
-                    else:
-                        self._log(row, log)
-                    if keep:
-                        self.save()
-                bar.update(1)
-                bar.set_postfix(reward=f"{row['reward_mean']:.2f}", I=f"{row['information']:.3f}",
-                                rho=f"{row['rho']:.2f}", loss=f"{row['loss']:.4f}")
+                    self._log(row)
+                if keep:
+                    self.save()
+            bar.update(1)
+            bar.set_postfix(reward=f"{row['reward_mean']:.2f}", I=f"{row['information']:.3f}",
+                            rho=f"{row['rho']:.2f}", loss=f"{row['loss']:.4f}")
         bar.close()
         self.export("final")  # consolidated weights, loadable by from_pretrained (and vLLM)
         self.close()  # after the last collective: vLLM's shutdown may take the process group with it

@@ -540,3 +540,14 @@ def test_an_export_that_fails_leaves_no_partial_folder(tiny_model_dir, tmp_path,
     with pytest.raises(StorageError, match=r"no space left on the device while writing .*final"):
         t.export("final")
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_a_full_disk_while_logging_is_one_clean_error_naming_the_log(tiny_model_dir, small_disk):
+    (small_disk / "filler").write_bytes(b"\0" * (4 * 2**20 - 8 * 2**10))  # 8 KiB left: config.yaml fits, rows soon don't
+    code, err = _cli("train", "--config", str(TINY), "--no-progress", f"model.path={tiny_model_dir}", "model.tiny=false",
+                     f"train.output_dir={small_disk}", "train.run_name=r", f"data.train={FIXTURES / 'train.jsonl'}",
+                     f"data.test={FIXTURES / 'test.jsonl'}", "train.steps=40", "train.checkpoint_every=0",
+                     "train.eval_every=0")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert last == f"error: no space left on the device while writing {small_disk / 'r' / 'metrics.jsonl'}: free some space and resume"
