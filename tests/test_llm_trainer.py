@@ -418,14 +418,23 @@ def _cli(*args):
     return done.returncode, done.stderr
 
 
-@pytest.fixture
-def two_step_run(tiny_model_dir, tmp_path):
-    """A finished 2-step run with its step-2 checkpoint, written by the CLI."""
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory):
+    """A finished 2-step run with its step-2 checkpoint, written by the CLI once for the module."""
+    out = tmp_path_factory.mktemp("finished")
     code, err = _cli("train", "--config", str(TINY), "--no-progress", f"model.path={tiny_model_dir}", "model.tiny=false",
-                     f"train.output_dir={tmp_path}", "train.run_name=r", f"data.train={FIXTURES / 'train.jsonl'}",
+                     f"train.output_dir={out}", "train.run_name=r", f"data.train={FIXTURES / 'train.jsonl'}",
                      f"data.test={FIXTURES / 'test.jsonl'}", "train.steps=2", "train.checkpoint_every=2", "train.eval_every=0")
     assert code == 0, err[-2000:]
-    return tmp_path / "r"
+    return out / "r"
+
+
+@pytest.fixture
+def two_step_run(finished_run, tmp_path):
+    """A copy of `finished_run` of the test's own, to resume or to leave untouched."""
+    import shutil
+
+    return shutil.copytree(finished_run, tmp_path / "r")
 
 
 @pytest.mark.parametrize("override", [
