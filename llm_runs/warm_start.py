@@ -29,7 +29,8 @@ from tqdm.auto import trange
 from llm_runs.config import RunConfig
 from llm_runs.data import Example, answer_text, messages, render
 from llm_runs.evaluate import evaluate
-from llm_runs.trainer import DTYPES, _left_pad, load_examples, load_model, model_source, resolve_device, seed_everything
+from llm_runs.tokens import left_pad, pad_id
+from llm_runs.trainer import DTYPES, load_examples, load_model, model_source, resolve_device, seed_everything
 
 
 def letters_of(example: Example) -> str:
@@ -48,7 +49,7 @@ def _corpus(examples: list[Example], template: str) -> list[str]:
 
 def _sequences(rows: list[tuple[list[int], list[int]]], pad: int) -> tuple[torch.Tensor, ...]:
     """(prompt, target) id lists → left-padded ids, attention, labels (-100 outside the targets): (B, L) each."""
-    ids, attention = _left_pad([p + t for p, t in rows], pad)
+    ids, attention = left_pad([p + t for p, t in rows], pad)
     labels = torch.full_like(ids, -100)
     for i, (_, t) in enumerate(rows):
         labels[i, ids.shape[1] - len(t):] = torch.tensor(t)
@@ -87,7 +88,7 @@ def warm_start(config: RunConfig, out: str | Path, progress: bool = True) -> dic
     model, tokenizer = load_model(source, DTYPES[config.model.dtype], device)
     model.train()
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = pad_id(tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=w.lr, weight_decay=0.0)
     rng = np.random.default_rng([config.train.seed, 1])
     losses, start = [], time.perf_counter()

@@ -11,6 +11,8 @@ self-teacher. This package holds the framework-free pieces shared by `sde_lab` a
 - `all_reduce_information`, `global_information`   I reduced exactly over data-parallel ranks.
 """
 
+from pathlib import Path
+
 from pgpo.distributed import all_reduce_information, global_information
 from pgpo.divergence import generalized_jsd, kl
 from pgpo.information import information
@@ -27,3 +29,6 @@ __all__ = [
     "generalized_jsd",
 ]
 __version__ = "0.1.0"
+
+# the figures' matplotlib style, shared by sde_lab's and llm_runs' figures: plt.style.context(PAPER_STYLE)
+PAPER_STYLE = str(Path(__file__).with_name("paper.mplstyle"))

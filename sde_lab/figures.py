@@ -18,15 +18,12 @@ import torch
 from scipy import linalg
 from tqdm.auto import tqdm
 
-from pgpo import Multiplier
+from pgpo import PAPER_STYLE, Multiplier
 from sde_lab import problems
 from sde_lab.density import sde_law
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.sme import sme
 from sde_lab.weak_error import weak_error
-
-PAPER = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7.5,
-         "xtick.labelsize": 8, "ytick.labelsize": 8, "figure.dpi": 150, "savefig.bbox": "tight"}
 
 
 @dataclass
@@ -470,7 +467,7 @@ def run(out: str | Path = "figures", quick: bool = False, replot: bool = False, 
             data = figure.compute(quick)
             data["_meta"] = {"quick": quick, "seconds": round(time.perf_counter() - start, 2), "caption": figure.caption}
             data_path.write_text(json.dumps(data, indent=1))
-        with plt.rc_context(PAPER):
+        with plt.style.context(PAPER_STYLE):
             fig = figure.draw(data)
             for ext in ("png", "pdf"):
                 fig.savefig(out / f"{figure.name}.{ext}")

@@ -3,11 +3,14 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "pgpo", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_demo_shows_an_exact_modulated_step():
     done = run()
     assert done.returncode == 0, done.stderr

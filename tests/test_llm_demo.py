@@ -21,6 +21,7 @@ def experiment(tmp_path_factory):
     return out, demo.run(out, quick=True, overrides=TOY, figure=out / "figure", progress=False)
 
 
+@pytest.mark.slow
 def test_warm_start_teaches_format_and_copying_but_not_the_task(experiment):
     _, data = experiment
     w = data["warm_start"]

@@ -34,6 +34,7 @@ def _train(tmp_path, name, processes, *overrides, resume=False):
     return tmp_path / name
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_two_fsdp2_processes_match_one_process(tiny_model_dir, tmp_path):
     (tmp_path / "model").symlink_to(tiny_model_dir, target_is_directory=True)
@@ -68,6 +69,7 @@ def _rows(run):
             for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_two_process_resume_continues_identically(tiny_model_dir, tmp_path):
     """Sharded checkpoints (torch.distributed.checkpoint) at step 2 of 4, resumed by 2 processes."""

@@ -266,6 +266,7 @@ def test_default_chunk_is_an_eighth_of_a_gibibyte_of_float32_logits():
     assert default_chunk_size(10) > 10**6  # a small vocabulary: one chunk
 
 
+@pytest.mark.slow
 def test_bench_loss_measures_one_chunk_against_several_full_copies_of_the_logits():
     """`python -m llm_runs bench-loss` at a small shape: each case in its own process, peak resident memory."""
     from llm_runs.bench_loss import measure, report

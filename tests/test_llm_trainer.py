@@ -80,6 +80,7 @@ def test_alpha_zero_is_sdpo_bit_for_bit(tiny_model_dir, tmp_path):
     assert all(torch.equal(runs["sdpo"][1][k], runs["pgpo0"][1][k]) for k in runs["sdpo"][1])
 
 
+@pytest.mark.slow
 def test_resume_after_two_of_four_steps_equals_four_steps(tiny_model_dir, tmp_path):
     common = ("train.checkpoint_every=2", "train.eval_every=2", "eval.samples=2")
     full = Trainer(config(tiny_model_dir, tmp_path, *common, "train.steps=4"), tmp_path / "full", progress=False)
@@ -168,6 +169,7 @@ def test_missing_model_path_and_vllm_are_explained(tmp_path):
         Trainer(config(tmp_path / "empty", tmp_path), tmp_path / "run", progress=False)
 
 
+@pytest.mark.slow
 def test_cli_run_killed_mid_way_resumes_and_evaluates(tiny_model_dir, tmp_path):
     """kill -9 after a checkpoint, `--resume`, and the run finishes with one metrics row per step."""
     args = [sys.executable, "-m", "llm_runs", "train", "--config", str(TINY), "--no-progress",
@@ -231,6 +233,7 @@ def test_qwen3_8b_shape_has_the_published_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 8_190_735_360
 
 
+@pytest.mark.slow
 def test_lora_trains_only_the_adapters_and_resumes_identically(tiny_model_dir, tmp_path):
     pytest.importorskip("peft")
     lora = ("model.lora_rank=4", "train.checkpoint_every=2", "train.eval_every=2", "eval.samples=2")
@@ -382,6 +385,7 @@ def test_an_overlong_test_prompt_is_dropped_and_reported_like_a_training_one(tin
     assert t.validate()["mean_at_k"] >= 0.0
 
 
+@pytest.mark.slow
 def test_a_validation_that_fails_never_costs_the_checkpoint_of_its_step(tiny_model_dir, tmp_path):
     """Validation out of memory at step 2 (checkpoint and evaluation both due): the step-2 checkpoint is already
     on disk, and the resumed run redoes the validation, logs step 2 once and ends equal to an uninterrupted one."""
@@ -461,6 +465,7 @@ def test_resume_with_changed_settings_ends_in_one_error_line_and_leaves_the_run_
     assert {p.name: p.read_bytes() for p in (two_step_run / "config.yaml", two_step_run / "metrics.jsonl")} == before
 
 
+@pytest.mark.slow
 def test_resume_allows_the_length_and_cadence_and_keeps_them_without_rewriting_config_yaml(two_step_run):
     before = (two_step_run / "config.yaml").read_bytes()
     code, err = _cli("train", "--resume", str(two_step_run), "--no-progress", "train.steps=3", "train.checkpoint_every=1",
@@ -516,6 +521,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(where)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_is_one_clean_error_and_the_run_resumes(tiny_model_dir, tmp_path, small_disk):
     import shutil
 
@@ -551,6 +557,7 @@ def test_an_export_that_fails_leaves_no_partial_folder(tiny_model_dir, tmp_path,
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_logging_is_one_clean_error_naming_the_log(tiny_model_dir, small_disk):
     (small_disk / "filler").write_bytes(b"\0" * (4 * 2**20 - 8 * 2**10))  # 8 KiB left: config.yaml fits, rows soon don't
     code, err = _cli("train", "--config", str(TINY), "--no-progress", f"model.path={tiny_model_dir}", "model.tiny=false",

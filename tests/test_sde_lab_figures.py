@@ -8,6 +8,7 @@ from matplotlib import image
 from sde_lab.figures import FIGURES, run
 
 
+@pytest.mark.slow
 def test_every_figure_regenerates_and_replots(tmp_path):
     written = run(tmp_path, quick=True, progress=False)
     assert len(written) == 3 * len(FIGURES) and len(FIGURES) >= 4

@@ -10,6 +10,7 @@ LADDER = [2.0**-j for j in range(2, 7)]
 SMOOTH = Multiplier(2.0, 2.0, form="smooth")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["logistic_regression", "self_distillation"])
 @pytest.mark.parametrize("multiplier", [None, SMOOTH], ids=["SGD", "PGPO"])
 def test_order_one_against_the_scaled_sme(name, multiplier):
@@ -22,6 +23,7 @@ def test_order_one_against_the_scaled_sme(name, multiplier):
     assert np.all(np.abs(r.errors) > 5 * r.stderr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kwargs,ladder,paths,seed", [
     ("self_distillation", {}, LADDER[:4], 6000, 2),
     # logistic regression with its default features has so little gradient noise that the paper form's
@@ -36,6 +38,7 @@ def test_order_one_against_the_papers_sde(name, kwargs, ladder, paths, seed):
     assert abs(r.slope - 1.0) < 0.25, (r.slope, r.errors, r.stderr)
 
 
+@pytest.mark.slow
 def test_a_minibatch_signal_needs_the_correct_drift():
     """Naive drift −ρ(I(x))∇L: an O(1) error that stays as η → 0. Correct drift −E[ρ(I_γ)∇ℓ_γ]: order 1."""
     problem = problems.linear_regression(n=8, noise=2.0, dim=1)  # 1-D: real mini-batches couple tightly
@@ -53,6 +56,7 @@ def test_a_minibatch_signal_needs_the_correct_drift():
     assert abs(correct.errors[-1]) < 0.05 * abs(naive.errors[-1])
 
 
+@pytest.mark.slow
 def test_verify_quick_bears_out_every_claim(tmp_path):
     """`python -m sde_lab verify --quick` (what `make demo` runs) exits 0 and writes its rows."""
     import json
