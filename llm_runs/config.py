@@ -6,8 +6,10 @@ Unknown sections or keys, and values of the wrong type, are errors that name the
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -258,12 +260,7 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> R
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = _read_mapping(path, "the top level must be a mapping of sections")
         for section, values in data.items():
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: section {section!r} must be a mapping, got {values!r}")
@@ -271,6 +268,17 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> R
                 _set(config, f"{section}.{name}", value, where=f"{path}: ")
     apply_overrides(config, overrides)
     return config
+
+
+def _read_mapping(path: Path, shape: str) -> dict:
+    """A YAML file whose top level is a mapping (empty: {}); `shape` says what it must be, in the error."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: {shape}, got {data!r}")
+    return data
 
 
 def apply_overrides(config: RunConfig, overrides) -> None:
@@ -348,20 +356,11 @@ def load_for_resume(run_dir, overrides=()) -> RunConfig:
     """A run's config for `--resume`: its config.yaml ← the changes earlier resumes made (RESUMED) ← `overrides`.
     Refuses changes outside RESUME_SAFE (naming each key); records the allowed ones in RESUMED, so that the
     next resume keeps them; config.yaml itself is never rewritten."""
-    import os
-
     run_dir = Path(run_dir)
     saved_path, resumed_path = run_dir / "config.yaml", run_dir / RESUMED
     saved = load(saved_path)
-    earlier = {}
-    if resumed_path.exists():
-        try:
-            earlier = yaml.safe_load(resumed_path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{resumed_path}: not valid YAML: {err}") from None
-        if not isinstance(earlier, dict):
-            raise ConfigError(f"{resumed_path}: must map section.key to a value, got {earlier!r}")
-    config = load(saved_path)
+    earlier = _read_mapping(resumed_path, "must map section.key to a value") if resumed_path.exists() else {}
+    config = copy.deepcopy(saved)
     for key, value in earlier.items():
         _set(config, key, value, where=f"{resumed_path}: ")
     apply_overrides(config, overrides)

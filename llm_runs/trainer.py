@@ -399,10 +399,7 @@ class Trainer:
             self._check_same_data(state["run"].get("data_sha256"))
             self.scheduler.load_state_dict(state["scheduler"])
             self.sampler.load_state_dict(state["sampler"])
-            self.state = RunState(**{**state["run"], "data_sha256": self.state.data_sha256})
-            if self.rank == 0:
-                with self.metrics_path.open("r+b") as f:
-                    f.truncate(self.state.metrics_offset)
+            self._restore_run(state["run"])
             return
         from safetensors.torch import load_file
 
@@ -430,9 +427,15 @@ class Trainer:
         self.teacher.load_state_dict(state["teacher"])
         self.sampler.load_state_dict(state["sampler"])
         checkpoint.set_rng_state(state["rng"])
-        self.state = RunState(**{**state["run"], "data_sha256": self.state.data_sha256})
-        with self.metrics_path.open("r+b") as f:  # rows written after the checkpoint are redone
-            f.truncate(self.state.metrics_offset)
+        self._restore_run(state["run"])
+
+    def _restore_run(self, run: dict) -> None:
+        """The checkpoint's run record (this run's data fingerprint kept: checked equal, or absent in an older
+        checkpoint), and metrics.jsonl cut back to it: rows written after the checkpoint are redone."""
+        self.state = RunState(**{**run, "data_sha256": self.state.data_sha256})
+        if self.rank == 0:
+            with self.metrics_path.open("r+b") as f:
+                f.truncate(self.state.metrics_offset)
 
     # -- one step -----------------------------------------------------------------------------
 

@@ -199,9 +199,11 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
             seen = []
 
             def observe(x, y, y_coarse):
-                seen.append(_difference(g, x, y, y_coarse))
-                visited.append(_farthest(y))
-                reach[j] = max(reach[j], _reach(y))
+                farthest = _farthest(y)
+                reach_now = float(farthest.norm()) if len(farthest) else 0.0
+                seen.append(_difference(g, x, y, y_coarse, reach_now))
+                visited.append(farthest)
+                reach[j] = max(reach[j], reach_now)
 
             _, y_final, _ = coupled_paths(processes[j], models[j], steps[j], paths, refine, richardson, gen, device,
                                           every=steps[j] // steps[0], observe=observe)
@@ -254,11 +256,11 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
 BLOW_UP = 1e3  # a discrete path this many times farther out than every SDE path (plus 1) has blown up
 
 
-def _difference(g, x, y, y_coarse):
+def _difference(g, x, y, y_coarse, reach: float):
     """Per-path g(x) − reference (Richardson-extrapolated when y_coarse is given), sound paths only.
 
     A path is dropped when anything in it is non-finite, or when the discrete state has blown up: its
-    norm exceeds BLOW_UP·(1 + the largest norm of any finite SDE path) — a finite but diverged path
+    norm exceeds BLOW_UP·(1 + `reach`, the largest norm of any finite SDE path) — a finite but diverged path
     would otherwise enter the mean with an error of 1e15.
     Returns (differences as a float64 numpy array, number of paths dropped).
     """
@@ -268,25 +270,17 @@ def _difference(g, x, y, y_coarse):
         sound = torch.isfinite(diff) & torch.isfinite(x).all(-1) & torch.isfinite(y).all(-1)
         if y_coarse is not None:
             sound &= torch.isfinite(y_coarse).all(-1)
-        reach = y.norm(dim=-1)[torch.isfinite(y).all(-1)]
-        bound = BLOW_UP * (1.0 + (float(reach.max()) if len(reach) else 0.0))
-        sound &= x.norm(dim=-1) <= bound
+        sound &= x.norm(dim=-1) <= BLOW_UP * (1.0 + reach)
     return diff[sound].double().cpu().numpy(), int((~sound).sum())
 
 
-def _reach(y: torch.Tensor) -> float:
-    """The largest norm of a finite row of y (M, d); 0 when none is finite."""
-    norms = y.norm(dim=-1)
-    norms = norms[torch.isfinite(norms)]
-    return float(norms.max()) if len(norms) else 0.0
-
-
 def _farthest(y: torch.Tensor) -> torch.Tensor:
-    """The finite row of y (M, d) with the largest norm, as (1, d) on the CPU (empty when none is finite)."""
-    finite = y[torch.isfinite(y).all(-1)]
-    if not len(finite):
+    """The row of y (M, d) with the largest finite norm, as (1, d) on the CPU (empty when no norm is finite)."""
+    norms = y.norm(dim=-1)
+    finite = torch.isfinite(norms)
+    if not finite.any():
         return y[:0].cpu()
-    return finite[finite.norm(dim=-1).argmax()][None, :].cpu()
+    return y[torch.where(finite, norms, -1.0).argmax()][None, :].cpu()
 
 
 def _ladder(etas) -> np.ndarray:

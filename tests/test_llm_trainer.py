@@ -422,13 +422,18 @@ def _cli(*args):
     return done.returncode, done.stderr
 
 
+def _train_cli(model_dir, out, *overrides):
+    """`python -m llm_runs train` of the tiny config into OUT/r, no validation; (exit code, stderr)."""
+    return _cli("train", "--config", str(TINY), "--no-progress", f"model.path={model_dir}", "model.tiny=false",
+                f"train.output_dir={out}", "train.run_name=r", f"data.train={FIXTURES / 'train.jsonl'}",
+                f"data.test={FIXTURES / 'test.jsonl'}", "train.eval_every=0", *overrides)
+
+
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_dir, tmp_path_factory):
     """A finished 2-step run with its step-2 checkpoint, written by the CLI once for the module."""
     out = tmp_path_factory.mktemp("finished")
-    code, err = _cli("train", "--config", str(TINY), "--no-progress", f"model.path={tiny_model_dir}", "model.tiny=false",
-                     f"train.output_dir={out}", "train.run_name=r", f"data.train={FIXTURES / 'train.jsonl'}",
-                     f"data.test={FIXTURES / 'test.jsonl'}", "train.steps=2", "train.checkpoint_every=2", "train.eval_every=0")
+    code, err = _train_cli(tiny_model_dir, out, "train.steps=2", "train.checkpoint_every=2")
     assert code == 0, err[-2000:]
     return out / "r"
 
@@ -525,10 +530,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_during_a_checkpoint_is_one_clean_error_and_the_run_resumes(tiny_model_dir, tmp_path, small_disk):
     import shutil
 
-    code, err = _cli("train", "--config", str(TINY), "--no-progress", f"model.path={tiny_model_dir}", "model.tiny=false",
-                     f"train.output_dir={small_disk}", "train.run_name=r", f"data.train={FIXTURES / 'train.jsonl'}",
-                     f"data.test={FIXTURES / 'test.jsonl'}", "train.steps=4", "train.checkpoint_every=1",
-                     "train.eval_every=0")
+    code, err = _train_cli(tiny_model_dir, small_disk, "train.steps=4", "train.checkpoint_every=1")
     last = err.strip().splitlines()[-1]
     assert code == 2 and "Traceback" not in err, err[-3000:]
     root = small_disk / "r" / "checkpoints"
@@ -560,10 +562,7 @@ def test_an_export_that_fails_leaves_no_partial_folder(tiny_model_dir, tmp_path,
 @pytest.mark.slow
 def test_a_full_disk_while_logging_is_one_clean_error_naming_the_log(tiny_model_dir, small_disk):
     (small_disk / "filler").write_bytes(b"\0" * (4 * 2**20 - 8 * 2**10))  # 8 KiB left: config.yaml fits, rows soon don't
-    code, err = _cli("train", "--config", str(TINY), "--no-progress", f"model.path={tiny_model_dir}", "model.tiny=false",
-                     f"train.output_dir={small_disk}", "train.run_name=r", f"data.train={FIXTURES / 'train.jsonl'}",
-                     f"data.test={FIXTURES / 'test.jsonl'}", "train.steps=40", "train.checkpoint_every=0",
-                     "train.eval_every=0")
+    code, err = _train_cli(tiny_model_dir, small_disk, "train.steps=40", "train.checkpoint_every=0")
     last = err.strip().splitlines()[-1]
     assert code == 2 and "Traceback" not in err, err[-3000:]
     assert last == f"error: no space left on the device while writing {small_disk / 'r' / 'metrics.jsonl'}: free some space and resume"
