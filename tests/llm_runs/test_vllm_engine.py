@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 from llm_runs.rollout import Sampling  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "llm_runs" / "configs" / "tiny_cpu.yaml"
 FIXTURES = ROOT / "llm_runs" / "fixtures" / "toy_science"
 PROMPTS = [[5, 6, 7, 8], [40, 41, 42], [100, 7, 300, 12, 9]]

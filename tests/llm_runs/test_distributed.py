@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "llm_runs" / "configs" / "tiny_cpu.yaml"
 FIXTURES = ROOT / "llm_runs" / "fixtures" / "toy_science"
 NUMERIC = ("information", "rho", "loss", "grad_norm", "kl_teacher_student", "jsd_teacher_student", "entropy", "lr",

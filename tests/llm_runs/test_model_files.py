@@ -14,7 +14,7 @@ from llm_runs.__main__ import main
 from llm_runs.config import ConfigError, load
 from llm_runs.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "llm_runs" / "configs" / "tiny_cpu.yaml"
 FIXTURES = ROOT / "llm_runs" / "fixtures" / "toy_science"
 

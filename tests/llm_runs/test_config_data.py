@@ -8,7 +8,7 @@ import pytest
 from llm_runs.config import ConfigError, load
 from llm_runs.data import DataError, PromptSampler, load_split, messages, question_of, render
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data" / "sciknoweval"
 CONFIGS = sorted((ROOT / "llm_runs" / "configs").glob("*.yaml"))
 
@@ -177,7 +177,7 @@ def test_bad_data_ends_in_one_error_line_naming_the_file_and_line(tmp_path, name
         path.mkdir()
     else:
         path.write_bytes(content)
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-m", "llm_runs", "train", "--config", str(root / "llm_runs/configs/tiny_cpu.yaml"),
                            "--no-progress", f"data.train={path}", f"train.output_dir={tmp_path / 'runs'}"],
                           cwd=root, capture_output=True, text=True, timeout=300)
