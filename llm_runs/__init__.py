@@ -3,13 +3,17 @@
     python -m llm_runs train --config llm_runs/configs/tiny_cpu.yaml
     python -m llm_runs demo --quick      # does the loop learn? SDPO vs PGPO on a synthetic task, minutes
 
-- `config`      the run's settings (the paper's defaults), YAML + `section.key=value` overrides;
-- `data`        split files, the two prompt templates, the seeded prompt sampler;
+The trainer's core (this folder; it imports nothing from `experiment` or `tools`):
+- `config`      the run's settings (the paper's defaults), each field with its allowed values and docstring;
+- `data`, `tokens`  split files, the two prompt templates, the seeded prompt sampler; left padding;
+- `build`       the run's parts from its config: device, examples, model and tokenizer, LoRA, the engine;
+- `model_files` checks of a model folder (config, weights, tokenizer) before anything is loaded;
+- `rollout/`    the engine interface, with `hf` (transformers) and `vllm` (colocated vLLM) behind it;
 - `reward`      the 0/1 answer check;  `teacher`  SDPO's teacher contexts and the EMA / live / frozen weights;
-- `loss`        the self-distillation loss and the information signal I (via `pgpo.information`);
-- `rollout`     the engine interface and the transformers engine;  `vllm_engine`  the colocated vLLM one;
-- `trainer`     the loop (ρ applied through `pgpo.modulated_step`);  `parallel`  FSDP2;  `checkpoint`;
-- `evaluate`    mean@k;  `tiny`, `smoke`, `bench`  the CPU model, the real shape, timings;
-- `synthetic`, `warm_start`, `demo`  the CPU experiment: a task with computable answers, the supervised
-  warm start, SDPO vs PGPO from it with a figure and a table.
+- `batch`       micro-batches and their forward;  `loss`, `chunked_loss`  the self-distillation loss and I;
+- `metrics`     the step's metrics, gathered by one object;  `trainer`  the step and the loop;
+- `evaluate`    mean@k;  `checkpoint`  atomic, resumable;  `parallel`  FSDP2;  `tiny`  the CPU model.
+
+Around it: `experiment/` (the CPU experiment: synthetic task, warm start, SDPO vs PGPO demo) and `tools/`
+(the real shape with random weights, timings per stage, the loss's benchmark).
 """

@@ -12,13 +12,15 @@ import os
 import sys
 from pathlib import Path
 
-from llm_runs.config import ConfigError, load, load_for_resume
 from llm_runs.checkpoint import StorageError
+from llm_runs.config import ConfigError, load, load_for_resume
 from llm_runs.data import DataError
+from llm_runs.experiment import config as _experiment_sections  # noqa: F401  registers `warm_start:` for every command
 
 
 def _train(args) -> int:
-    from llm_runs.trainer import Trainer, run_name
+    from llm_runs.build import run_name
+    from llm_runs.trainer import Trainer
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -50,7 +52,7 @@ def _eval(args) -> int:
 
     from llm_runs.data import load_split
     from llm_runs.evaluate import evaluate
-    from llm_runs.trainer import DTYPES, build_vllm_engine, load_model, resolve_device, seed_everything
+    from llm_runs.build import DTYPES, build_vllm_engine, load_model, resolve_device, seed_everything
 
     from llm_runs import model_files
 
@@ -93,15 +95,16 @@ def _eval(args) -> int:
 
 
 def _warm_start(args) -> int:
-    from llm_runs.warm_start import warm_start
+    from llm_runs.experiment.config import DemoConfig
+    from llm_runs.experiment.warm_start import warm_start
 
-    record = warm_start(load(args.config, args.overrides), args.out, progress=not args.no_progress)
+    record = warm_start(load(args.config, args.overrides, schema=DemoConfig), args.out, progress=not args.no_progress)
     print(json.dumps(record, indent=1))
     return 0
 
 
 def _bench(args) -> int:
-    from llm_runs.bench import measure, report
+    from llm_runs.tools.bench import measure, report
 
     print(report(measure(args.config, args.overrides, args.steps, args.repeats)))
     return 0
@@ -110,7 +113,7 @@ def _bench(args) -> int:
 def _bench_loss(args) -> int:
     import torch
 
-    from llm_runs.bench_loss import measure, report
+    from llm_runs.tools.bench_loss import measure, report
 
     devices = [d for d in args.device.split(",") if d != "cuda" or torch.cuda.is_available()]
     if not devices:
@@ -126,7 +129,7 @@ def _bench_loss(args) -> int:
 
 
 def _smoke(args) -> int:
-    from llm_runs.smoke import report, run
+    from llm_runs.tools.smoke import report, run
 
     print(report(run(args.shape, args.layers, args.steps, args.engine, args.prompts, args.samples, args.response_tokens,
                      args.micro_batch, args.dtype, args.teacher, args.device, tuple(args.overrides))))
@@ -134,7 +137,7 @@ def _smoke(args) -> int:
 
 
 def _demo(args) -> int:
-    from llm_runs.demo import run, save_figure, table
+    from llm_runs.experiment.demo import run, save_figure, table
 
     if args.replot:
         figure = Path(args.figure) if args.figure else (Path(args.out) / "llm_demo_quick" if args.quick
@@ -171,7 +174,7 @@ def main(argv=None) -> int:
                     help="weights' dtype for sampling (default: the run's model.dtype)")
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("overrides", nargs="*", help="section.key=value")
-    ws = sub.add_parser("warm-start", help="supervised format + copy-from-context phase (see llm_runs.warm_start)")
+    ws = sub.add_parser("warm-start", help="supervised format + copy-from-context phase (see llm_runs.experiment.warm_start)")
     ws.add_argument("--config", required=True)
     ws.add_argument("--out", required=True, help="folder for config.yaml, base_model/, final/, warm_start.json")
     ws.add_argument("--no-progress", action="store_true")
@@ -210,7 +213,7 @@ def main(argv=None) -> int:
     demo.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], help="e.g. 0,1,2 (default: 0 "
                       "with --quick, else 0,1,2)")
     demo.add_argument("--methods", type=lambda v: [x.strip() for x in v.split(",")],
-                      help="comma-separated names from llm_runs.demo.METHODS, e.g. 'SDPO,PGPO α=1'")
+                      help="comma-separated names from llm_runs.experiment.demo.METHODS, e.g. 'SDPO,PGPO α=1'")
     demo.add_argument("--figure", help="path without extension (default: figures/llm_demo, or OUT/llm_demo_quick)")
     demo.add_argument("--replot", action="store_true", help="redraw the figure from its JSON")
     demo.add_argument("--no-progress", action="store_true")

@@ -33,7 +33,7 @@ import torch
 
 from llm_runs import loss as exact
 from pgpo.divergence import generalized_jsd
-from pgpo.information import divergence
+from pgpo.information import divergence as divergence_of
 
 CHUNK_BYTES = 1 << 27  # one (n, V) float32 buffer of at most 128 MiB: n = 220 positions at V = 151 936
 
@@ -112,7 +112,7 @@ class _Plan:
     topk: int | None
     add_tail: bool
     is_cap: float
-    signal: str
+    divergence: str
     chunk_size: int
     # filled by the forward: (N,) float64 each
     information: torch.Tensor | None = None
@@ -164,8 +164,8 @@ def _chunk(plan: _Plan, rows: slice, z: torch.Tensor, teacher_logits, want_grad:
     if plan.sampler_logprobs is not None:
         weights = exact.importance_weights(plan.token_logprobs[rows], plan.sampler_logprobs[rows], plan.is_cap)
     coefficients = plan.coefficients[rows] if weights is None else plan.coefficients[rows] * weights
-    plan.information[rows] = divergence(log_p, log_q, plan.signal)
-    plan.jsd[rows] = divergence(log_p, log_q, "jsd")
+    plan.information[rows] = divergence_of(log_p, log_q, plan.divergence)
+    plan.jsd[rows] = divergence_of(log_p, log_q, "jsd")
     if not want_grad:
         return exact.weighted_sum(coefficients, generalized_jsd(log_p, log_q, plan.beta)), None
     with torch.enable_grad():
@@ -253,7 +253,7 @@ class _ChunkedLoss(torch.autograd.Function):
 def chunked_self_distillation_loss(student_hidden: torch.Tensor, student_head: torch.nn.Module | None,
                                    teacher_hidden: torch.Tensor, teacher_head: torch.nn.Module | None,
                                    response_mask: torch.Tensor, sample_mask: torch.Tensor, beta: float = 0.5,
-                                   topk: int | None = 100, add_tail: bool = True, signal: str = "kl",
+                                   topk: int | None = 100, add_tail: bool = True, divergence: str = "kl",
                                    response_ids: torch.Tensor | None = None,
                                    sampler_logprobs: torch.Tensor | None = None, is_cap: float = 2.0,
                                    is_weights: torch.Tensor | None = None,
@@ -265,7 +265,7 @@ def chunked_self_distillation_loss(student_hidden: torch.Tensor, student_head: t
             token t), with gradient; or the logits (B, T, V) when `student_head` is None.
         student_head: the output head (an `nn.Linear`, V × H; its weight receives the gradient), or None.
         teacher_hidden, teacher_head: the same for the teacher (no gradient).
-        response_mask, sample_mask, beta, topk, add_tail, signal, response_ids, sampler_logprobs, is_cap,
+        response_mask, sample_mask, beta, topk, add_tail, divergence, response_ids, sampler_logprobs, is_cap,
             is_weights: as in `self_distillation_loss`.
         chunk_size: positions per chunk (default: one (n, V) float32 buffer of 128 MiB at most).
 
@@ -291,7 +291,7 @@ def chunked_self_distillation_loss(student_hidden: torch.Tensor, student_head: t
     n_rows = batch * length
     plan = _Plan(flat(teacher_hidden.detach()), t_weight, t_bias, flat(response_ids), flat(sampler_logprobs),
                  flat(is_weights), flat(exact.token_coefficients(response_mask, sample_mask).to(student_hidden.device)),
-                 beta, topk, add_tail, is_cap, signal, chunk_size or default_chunk_size(vocabulary))
+                 beta, topk, add_tail, is_cap, divergence, chunk_size or default_chunk_size(vocabulary))
     for name in ("information", "jsd", "entropy", "token_logprobs"):
         setattr(plan, name, torch.zeros(n_rows, dtype=torch.float64, device=student_hidden.device))
     loss = _ChunkedLoss.apply(flat(student_hidden), weight, bias, plan)

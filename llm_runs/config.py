@@ -1,196 +1,300 @@
 """Run configuration: dataclasses whose defaults are the paper's settings (`docs/method.md` §1), read from YAML
 and overridden on the command line with `section.key=value`.
 
-Unknown sections or keys, and values of the wrong type, are errors that name the key (and the file).
+Every field says what it accepts: a `Literal[...]` type for a choice, `Annotated[..., Range(...)]` for an
+interval, and a docstring. `_check` is the one place that reads them. Unknown sections or keys, and values of
+the wrong type or out of range, are errors that name the key (and the file).
+
+Experiments extend `RunConfig` with sections of their own (a subclass: `llm_runs.experiment.config.DemoConfig`
+adds `warm_start`); `load(path, overrides, schema=...)` reads a file with the schema it is given. A file
+written for an experiment still loads with the plain `RunConfig`: the experiment's sections are checked
+against its schema (registered by the experiment's config module: `register_experiment`), then
+left out. Keys that were renamed or removed (`RENAMED`,
+`REMOVED`) are mapped or dropped when read, so that old run folders still resume.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
+
+from llm_runs import tiny
 
 
 class ConfigError(ValueError):
     """A bad configuration: the message names the key and, when there is one, the file."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """A field's interval: lo ≤ value ≤ hi (None: no bound on that side); `above`: lo < value instead
+    (sampling at temperature 0 or top-p 0 is undefined); `below`: value < hi. For a tuple, every element.
+    Float fields must be finite (NaN passes every comparison) unless `inf`: then +inf is allowed (no cap)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    above: bool = False
+    below: bool = False
+    inf: bool = False
+
+    def __str__(self) -> str:
+        hi = "∞" if self.hi is None else self.hi
+        return f"[{self.lo}, {hi}{')' if self.below else ']'}"
+
+    def holds(self, value) -> bool:
+        """Written so that NaN fails."""
+        return ((self.lo is None or (value > self.lo if self.above else value >= self.lo))
+                and (self.hi is None or (value < self.hi if self.below else value <= self.hi)))
+
+
 @dataclass
 class ModelConfig:
-    path: str = "Qwen/Qwen3-8B"  # a local directory (config + weights + tokenizer) or a hub id
-    dtype: str = "bfloat16"  # the trained weights' dtype: float32 | bfloat16 | float16
-    tiny: bool = False  # build a tiny random Qwen3 and train a byte-level tokenizer locally (nothing downloaded)
-    random_init: bool = False  # build the architecture of `path`'s config.json with random weights (no weights read)
-    tiny_shape: dict = field(default_factory=lambda: {"hidden_size": 64, "num_hidden_layers": 2,
-                                                      "num_attention_heads": 4, "num_key_value_heads": 2,
-                                                      "head_dim": 32, "intermediate_size": 128})
+    path: str = "Qwen/Qwen3-8B"
+    """A local directory (config + weights + tokenizer) or a hub id."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    """The trained weights' dtype."""
+    tiny: bool = False
+    """Build a tiny random Qwen3 and train a byte-level tokenizer locally (nothing downloaded)."""
+    random_init: bool = False
+    """Build the architecture of `path`'s config.json with random weights (no weights read)."""
+    tiny_shape: dict = field(default_factory=lambda: dict(tiny.SHAPE))
+    """With `tiny`: the Qwen3 config values of the tiny model (default `llm_runs.tiny.SHAPE`)."""
     gradient_checkpointing: bool = False
-    lora_rank: int | None = None  # None: full fine-tuning; r: LoRA adapters (the one-GPU option, `lora` extra)
+    """Recompute the decoder layers' activations in the backward pass: less memory, more time."""
+    lora_rank: Annotated[int | None, Range(1)] = None
+    """None: full fine-tuning; r: LoRA adapters of rank r (the one-GPU option, `lora` extra)."""
     lora_alpha: float = 32.0
+    """LoRA's scale numerator: the adapters' update is scaled by lora_alpha / lora_rank."""
     lora_dropout: float = 0.0
-    lora_targets: str = "all-linear"  # peft target_modules: "all-linear" or a comma-separated list
-    enable_thinking: bool = False  # Qwen3 chat template: thinking disabled (`docs/method.md` §1)
+    """Dropout on the LoRA adapters' input."""
+    lora_targets: str = "all-linear"
+    """peft's target_modules: "all-linear" or a comma-separated list of module names."""
+    enable_thinking: bool = False
+    """Qwen3's chat template with thinking enabled; off, as in the papers (`docs/method.md` §1)."""
 
 
 @dataclass
 class DataConfig:
-    train: str = "data/sciknoweval/chemistry/train.json"  # JSON lines: idx, prompt, answer, system
+    train: str = "data/sciknoweval/chemistry/train.json"
+    """The training split: JSON lines with idx, prompt, answer, system."""
     test: str = "data/sciknoweval/chemistry/test.json"
-    template: str = "boxed"  # "boxed" (the PGPO paper's) | "answer_tag" (SDPO's)
-    hub: str | None = None  # a `datasets` id to load instead of the files (needs the `hub` extra)
+    """The held-out split, same format: validation during training and `eval`."""
+    template: Literal["boxed", "answer_tag"] = "boxed"
+    """The prompt and answer format: "boxed" (the PGPO paper's) or "answer_tag" (SDPO's)."""
+    hub: str | None = None
+    """A `datasets` id to load instead of the files (needs the `hub` extra)."""
     hub_domain: str | None = None
-    max_prompt_tokens: int = 2048
+    """With `hub`: the dataset's configuration (the domain, e.g. "chemistry")."""
+    max_prompt_tokens: Annotated[int, Range(1)] = 2048
+    """Prompts longer than this (training and test) are dropped at start, and reported."""
 
 
 @dataclass
 class RolloutConfig:
-    engine: str = "hf"  # "hf" (transformers generate) | "vllm"
-    prompts_per_step: int = 32  # P
-    samples_per_prompt: int = 8  # n
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 8192
-    gpu_memory_utilization: float = 0.5  # vllm only: the share of GPU memory for weights and KV cache
-    enforce_eager: bool = False  # vllm only: skip compilation and CUDA graphs (faster start, slower sampling)
-    cpu_kv_cache_gib: float = 1.0  # vllm's CPU build only: KV cache size (VLLM_CPU_KVCACHE_SPACE, if unset)
-    logprob_gap_alarm: float = 0.05  # warn when the mean |log π_sampler − log π_trainer| per token exceeds this
+    engine: Literal["hf", "vllm"] = "hf"
+    """The sampler: "hf" (transformers generate) or "vllm" (in the trainer's process)."""
+    prompts_per_step: Annotated[int, Range(1)] = 32
+    """P: prompts per optimizer step."""
+    samples_per_prompt: Annotated[int, Range(1)] = 8
+    """n: responses sampled per prompt (a group)."""
+    temperature: Annotated[float, Range(0.0, above=True)] = 1.0
+    """The sampling temperature."""
+    top_p: Annotated[float, Range(0.0, 1.0, above=True)] = 1.0
+    """Nucleus sampling's mass (1: off)."""
+    max_new_tokens: Annotated[int, Range(1)] = 8192
+    """Response tokens per sample at most."""
+    gpu_memory_utilization: Annotated[float, Range(0.0, 1.0)] = 0.5
+    """vllm only: the share of GPU memory for its weights and KV cache."""
+    enforce_eager: bool = False
+    """vllm only: skip compilation and CUDA graphs (faster start, slower sampling)."""
+    cpu_kv_cache_gib: Annotated[float, Range(0.0)] = 1.0
+    """vllm's CPU build only: its KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE, if that is unset)."""
+    logprob_gap_alarm: Annotated[float, Range(0.0)] = 0.05
+    """Warn when the mean |log π_sampler − log π_trainer| per token exceeds this."""
 
 
 @dataclass
 class LossConfig:
-    beta: float = 0.5  # D_β: 0 = KL(q‖p), ½ = JSD (SDPO's Science Q&A setting), 1 = KL(p‖q)
-    topk: int | None = 100  # None: the full vocabulary
+    beta: Annotated[float, Range(0.0, 1.0)] = 0.5
+    """D_β's mixing weight: 0 = KL(q‖p), ½ = JSD (SDPO's Science Q&A setting), 1 = KL(p‖q)."""
+    topk: Annotated[int | None, Range(1)] = 100
+    """The support: the student's top-k tokens; None: the full vocabulary."""
     add_tail: bool = True
-    is_cap: float = 2.0  # importance weights w = min(exp(log π_train − log π_sampler), is_cap)
-    micro_batch_size: int = 4  # sequences per forward/backward
-    # "chunked": from the final hidden states and the output head, one chunk of positions at a time (the
-    # (B, T, V) logits never exist); "plain": the model's logits and autograd (the reference). Equal results.
-    implementation: str = "chunked"
-    chunk_size: int | None = None  # positions per chunk; None: one (n, V) float32 buffer of at most 128 MiB
+    """Add one tail bucket holding the rest of each distribution's mass; False: the top-k renormalised."""
+    is_cap: Annotated[float, Range(0.0, inf=True)] = 2.0
+    """Importance weights w = min(exp(log π_train − log π_sampler), is_cap); .inf: no cap."""
+    micro_batch_size: Annotated[int, Range(1)] = 4
+    """Sequences per forward/backward."""
+    implementation: Literal["chunked", "plain"] = "chunked"
+    """How the loss is computed. "chunked": from the final hidden states and the output head, one chunk of
+    positions at a time (the (B, T, V) logits never exist); "plain": the model's logits and autograd (the
+    reference). Equal results."""
+    chunk_size: Annotated[int | None, Range(1)] = None
+    """Positions per chunk; None: one (n, V) float32 buffer of at most 128 MiB."""
 
 
 @dataclass
 class TeacherConfig:
-    kind: str = "ema"  # "ema" | "live" | "frozen"
-    ema_tau: float = 0.05
-    demonstration: str = "sibling"  # "sibling" (SDPO's rule) | "ground_truth"
+    kind: Literal["ema", "live", "frozen"] = "ema"
+    """The teacher's weights: an EMA of the student's, the student's own, or the base model's."""
+    ema_tau: Annotated[float, Range(0.0, 1.0)] = 0.05
+    """τ of the EMA teacher: T ← (1 − τ)T + τθ after every optimizer step."""
+    demonstration: Literal["sibling", "ground_truth"] = "sibling"
+    """The teacher's context: a successful sibling response (SDPO's rule) or the dataset's answer."""
     strip_think: bool = True
+    """Remove `<think>…</think>` blocks from sibling demonstrations."""
 
 
 @dataclass
 class PGPOConfig:
-    enabled: bool = False  # False: SDPO (a plain optimizer step); True: the step scaled by ρ
-    alpha: float = 0.0  # 0 (or rho_max = 1): ρ = 1, SDPO exactly
-    rho_max: float = 2.0
-    form: str = "linear"  # "linear" (the paper's hard cap) | "smooth"
-    signal: str = "kl"  # pgpo.information kind: "kl" | "reverse_kl" | "jsd"
-    reduce: str = "token"  # "token" | "sequence"
+    enabled: bool = False
+    """False: SDPO (a plain optimizer step); True: the step scaled by ρ = g(I)."""
+    alpha: Annotated[float, Range(0.0)] = 0.0
+    """The sensitivity of ρ to I; 0 (or rho_max = 1): ρ = 1, SDPO exactly."""
+    rho_max: Annotated[float, Range(1.0)] = 2.0
+    """The cap on ρ."""
+    form: Literal["linear", "smooth"] = "linear"
+    """The multiplier's shape: "linear" (the paper's hard cap) or "smooth"."""
+    divergence: Literal["kl", "reverse_kl", "jsd"] = "kl"
+    """The divergence the information signal I is computed with (a `pgpo.information` kind): "kl" = KL(q ‖ p),
+    "reverse_kl" = KL(p ‖ q), "jsd". Was `pgpo.signal`."""
+    reduce: Literal["token", "sequence"] = "token"
+    """I as a mean over response tokens, or over sequences (each sequence's token mean)."""
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-5
-    betas: tuple = (0.9, 0.999)
-    weight_decay: float = 0.01
-    eps: float = 1e-8
-    warmup_steps: int = 10  # linear warm-up, then constant
-    clip_norm: float = 1.0
+    lr: Annotated[float, Range(0.0)] = 1e-5
+    """AdamW's learning rate (PGPO scales the step by ρ, not this)."""
+    betas: Annotated[tuple[float, float], Range(0, 1, below=True)] = (0.9, 0.999)
+    """AdamW's (β1, β2)."""
+    weight_decay: Annotated[float, Range(0.0)] = 0.01
+    """AdamW's decoupled weight decay."""
+    eps: Annotated[float, Range(0.0, above=True)] = 1e-8
+    """AdamW's ε."""
+    warmup_steps: Annotated[int, Range(0)] = 10
+    """Linear warm-up of the learning rate over this many steps, then constant."""
+    clip_norm: Annotated[float, Range(0.0)] = 1.0
+    """The gradient is clipped to this global norm (before ρ scales the step)."""
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 500  # decision: the papers give no length; 500 covers SDPO's reported late collapse (~400)
+    steps: Annotated[int, Range(0)] = 500
+    """Optimizer steps. Decision: the papers give no length; 500 covers SDPO's reported late collapse (~400)."""
     seed: int = 0
+    """Seeds the prompt order, the sampling, validation and any random initialisation."""
     output_dir: str = "runs"
-    run_name: str | None = None  # default: <config stem>-<seed>
-    eval_every: int = 25
-    checkpoint_every: int = 25
-    keep_checkpoints: int | None = 1  # step checkpoints kept besides "best" (None: all)
-    log_every: int = 1
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    """The run folder is output_dir/run_name."""
+    run_name: str | None = None
+    """The run folder's name; default: <config stem>-seed<seed>."""
+    eval_every: Annotated[int, Range(0)] = 25
+    """Validate on the test split every this many steps, and at the end (0: never)."""
+    checkpoint_every: Annotated[int, Range(0)] = 25
+    """Checkpoint every this many steps, and at the end (0: never)."""
+    keep_checkpoints: Annotated[int | None, Range(1)] = 1
+    """Step checkpoints kept besides "best" (None: all)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: "auto" is CUDA when there is one, else the CPU."""
 
 
 @dataclass
 class EvalConfig:
-    samples: int = 16  # mean@16
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_new_tokens: int = 8192
-    max_questions: int | None = None  # None: the whole test split
-    batch_size: int = 64  # prompts per generate call
-
-
-@dataclass
-class WarmStartConfig:
-    """`python -m llm_runs warm-start`: supervised steps that teach the response format and to copy a
-    "Correct solution" from the teacher's context, with letters drawn at random so that the question
-    itself stays uninformative (unguided accuracy stays at chance)."""
-
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 3.0e-3
-    guided_fraction: float = 0.5  # share of each batch rendered with a demonstration in context
+    samples: Annotated[int, Range(1)] = 16
+    """k of mean@k: samples per test question (mean@16)."""
+    temperature: Annotated[float, Range(0.0, above=True)] = 0.6
+    """The sampling temperature of validation and `eval`."""
+    top_p: Annotated[float, Range(0.0, 1.0, above=True)] = 0.95
+    """Nucleus sampling's mass in validation and `eval`."""
+    max_new_tokens: Annotated[int, Range(1)] = 8192
+    """Response tokens per sample at most."""
+    max_questions: Annotated[int | None, Range(1)] = None
+    """The first this many test questions; None: the whole test split."""
+    batch_size: Annotated[int, Range(1)] = 64
+    """Prompts per generate call."""
 
 
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The network, its dtype and fine-tuning mode."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The splits and the prompt template."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampling the responses trained on."""
     loss: LossConfig = field(default_factory=LossConfig)
+    """The self-distillation loss."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The self-teacher's weights and context."""
     pgpo: PGPOConfig = field(default_factory=PGPOConfig)
+    """The information-modulated step."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """AdamW and its schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The run's length, cadence, folder and device."""
     eval: EvalConfig = field(default_factory=EvalConfig)
-    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    """Validation (mean@k on the test split)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-CHOICES = {
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "data.template": ("boxed", "answer_tag"),
-    "rollout.engine": ("hf", "vllm"),
-    "loss.implementation": ("chunked", "plain"),
-    "teacher.kind": ("ema", "live", "frozen"),
-    "teacher.demonstration": ("sibling", "ground_truth"),
-    "pgpo.form": ("linear", "smooth"),
-    "pgpo.signal": ("kl", "reverse_kl", "jsd"),
-    "pgpo.reduce": ("token", "sequence"),
-    "train.device": ("auto", "cpu", "cuda"),
-}
-ABOVE = {  # key: a lower bound the value must exceed (sampling at temperature 0 or top-p 0 is undefined)
-    "rollout.temperature": 0.0, "eval.temperature": 0.0, "rollout.top_p": 0.0, "eval.top_p": 0.0, "optim.eps": 0.0,
-}
-UNBOUNDED = ("loss.is_cap",)  # float keys where +inf means "no cap"
-RANGES = {  # key: (lower, upper), inclusive
-    "loss.beta": (0.0, 1.0), "teacher.ema_tau": (0.0, 1.0), "pgpo.alpha": (0.0, None), "pgpo.rho_max": (1.0, None),
-    "optim.lr": (0.0, None), "optim.weight_decay": (0.0, None), "optim.clip_norm": (0.0, None),
-    "rollout.prompts_per_step": (1, None), "rollout.samples_per_prompt": (1, None), "rollout.max_new_tokens": (1, None),
-    "loss.micro_batch_size": (1, None), "rollout.gpu_memory_utilization": (0.0, 1.0),
-    "rollout.cpu_kv_cache_gib": (0.0, None), "loss.topk": (1, None), "model.lora_rank": (1, None), "train.steps": (0, None), "eval.samples": (1, None),
-    "train.eval_every": (0, None), "train.checkpoint_every": (0, None), "loss.is_cap": (0.0, None), "loss.chunk_size": (1, None),
-    "warm_start.steps": (0, None), "warm_start.batch_size": (1, None), "warm_start.lr": (0.0, None),
-    "warm_start.guided_fraction": (0.0, 1.0),
-    "rollout.top_p": (0.0, 1.0), "eval.top_p": (0.0, 1.0), "rollout.temperature": (0.0, None),
-    "eval.temperature": (0.0, None), "optim.eps": (0.0, None), "optim.warmup_steps": (0, None),
-    "train.keep_checkpoints": (1, None), "train.log_every": (1, None), "eval.max_new_tokens": (1, None),
-    "eval.batch_size": (1, None), "eval.max_questions": (1, None), "data.max_prompt_tokens": (1, None),
-    "rollout.logprob_gap_alarm": (0.0, None),
-}
+# Sections that experiments add to RunConfig ({section: its dataclass}), registered by the experiment's own
+# config module (`register_experiment`) when it is imported, so the core never imports an experiment: a file
+# written for one loads with RunConfig, its sections checked, then left out.
+EXPERIMENT_SECTIONS: dict[str, type] = {}
+
+# Keys that were renamed or removed, mapped (or dropped) when read from a file, an override or a run folder,
+# so that run folders written before still load and resume.
+RENAMED = {"pgpo.signal": "pgpo.divergence"}
+REMOVED = {"train.log_every": "it was never read"}
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and checking values
+
+
+def _check(key: str, value, annotation, where: str):
+    """The one check of a value against its field's annotation: the type (minimally converted), a Literal's
+    choices, an `Annotated` Range (and finiteness for floats). Returns the value to set."""
+    ranges = []
+    if typing.get_origin(annotation) is Annotated:
+        ranges = [m for m in annotation.__metadata__ if isinstance(m, Range)]
+        annotation = typing.get_args(annotation)[0]
+    value = _coerce(key, value, annotation, where)
+    if value is None:
+        return None
+    bound = ranges[0] if ranges else Range()
+    if isinstance(value, tuple):  # a fixed number of numbers, each in the range
+        count = len(typing.get_args(annotation))
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and bound.holds(v) for v in value)
+        if len(value) != count or not numbers:
+            words = {1: "one number", 2: "two numbers", 3: "three numbers"}.get(count, f"{count} numbers")
+            raise ConfigError(f"{where}{key}: must be {words}{f' in {bound}' if ranges else ''}, got {value!r}")
+        return value
+    if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and not bound.inf)):
+        raise ConfigError(f"{where}{key}: must be a finite number, got {value!r}")  # NaN passes every comparison
+    if bound.above and not value > bound.lo:
+        raise ConfigError(f"{where}{key}: must be greater than {bound.lo}, got {value!r}")
+    if ranges and not bound.holds(value):
+        raise ConfigError(f"{where}{key}: must lie in {bound}, got {value!r}")
+    return value
 
 
 def _coerce(key: str, value, annotation, where: str):
-    """Check (and minimally convert) one value against its field's annotation."""
+    """Check (and minimally convert) one value against a type: bool, int, float, str, dict, tuple, a Literal,
+    or an Optional of one."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -198,6 +302,10 @@ def _coerce(key: str, value, annotation, where: str):
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0], where)
+    if origin is Literal:
+        if any(type(value) is type(a) and value == a for a in args):
+            return value
+        raise ConfigError(f"{where}{key}: must be one of {args}, got {value!r}")
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -227,35 +335,58 @@ def _coerce(key: str, value, annotation, where: str):
     raise ConfigError(f"{where}{key}: expected {name}, got {value!r} ({type(value).__name__})")
 
 
-def _set(config: RunConfig, key: str, value, where: str = "") -> None:
+@functools.cache
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def register_experiment(schema: type) -> type:
+    """Class decorator for an experiment's subclass of RunConfig: its extra sections become known to a plain
+    RunConfig load (checked, then left out)."""
+    base = {f.name for f in dataclasses.fields(RunConfig)}
+    EXPERIMENT_SECTIONS.update({f.name: _hints(schema)[f.name] for f in dataclasses.fields(schema)
+                                if f.name not in base})
+    return schema
+
+
+_NOTED: set = set()
+
+
+def _note(message: str) -> None:
+    """One line on stderr, once per process (and on rank 0 only)."""
+    if message not in _NOTED and os.environ.get("RANK", "0") == "0":
+        _NOTED.add(message)
+        print(f"note: {message}", file=sys.stderr)
+
+
+def _set(config, key: str, value, where: str = "") -> None:
+    """Check `section.name = value` against `config`'s schema (a RunConfig or a subclass) and set it."""
+    if key in RENAMED:
+        _note(f"{where}{key} is now {RENAMED[key]}; read as that")
+        key = RENAMED[key]
+    if key in REMOVED:
+        _note(f"{where}{key} is no longer a setting ({REMOVED[key]}); ignored")
+        return
     section, _, name = key.partition(".")
-    if not name or section not in {f.name for f in dataclasses.fields(RunConfig)}:
-        sections = [f.name for f in dataclasses.fields(RunConfig)]
-        raise ConfigError(f"{where}unknown key {key!r}: keys are section.name with sections {sections}")
-    target = getattr(config, section)
-    hints = typing.get_type_hints(type(target))
+    sections = [f.name for f in dataclasses.fields(config)]
+    if name and section not in sections and section in EXPERIMENT_SECTIONS:
+        target = EXPERIMENT_SECTIONS[section]()  # an experiment's section: checked, then left out
+    elif not name or section not in sections:
+        raise ConfigError(f"{where}unknown key {key!r}: keys are section.name with sections {sections} (an "
+                          f"experiment's sections are known once its config module is imported, e.g. "
+                          f"llm_runs.experiment.config)")
+    else:
+        target = getattr(config, section)
+    hints = _hints(type(target))
     if name not in hints:
         raise ConfigError(f"{where}unknown key {key!r}; {section} has {sorted(hints)}")
-    value = _coerce(key, value, hints[name], where)
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{where}{key}: must be one of {CHOICES[key]}, got {value!r}")
-    if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and key not in UNBOUNDED)):
-        raise ConfigError(f"{where}{key}: must be a finite number, got {value!r}")  # NaN passes every comparison
-    if key in ABOVE and value is not None and not value > ABOVE[key]:
-        raise ConfigError(f"{where}{key}: must be greater than {ABOVE[key]}, got {value!r}")
-    if key == "optim.betas" and (len(value) != 2 or not all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in value)):
-        raise ConfigError(f"{where}{key}: must be two numbers in [0, 1), got {value!r}")
-    if key in RANGES and value is not None:
-        lo, hi = RANGES[key]
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(f"{where}{key}: must lie in [{lo}, {'∞' if hi is None else hi}], got {value!r}")
-    setattr(target, name, value)
+    setattr(target, name, _check(key, value, hints[name], where))
 
 
-def load(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
-    """Defaults ← the YAML file (nested sections) ← `section.key=value` overrides (values parsed as YAML)."""
-    config = RunConfig()
+def load(path: str | Path | None = None, overrides: list[str] | tuple = (), schema: type = RunConfig):
+    """Defaults ← the YAML file (nested sections) ← `section.key=value` overrides (values parsed as YAML), as a
+    `schema` (RunConfig, or an experiment's subclass of it: see `register_experiment`)."""
+    config = schema()
     if path is not None:
         path = Path(path)
         if not path.exists():
@@ -281,7 +412,7 @@ def _read_mapping(path: Path, shape: str) -> dict:
     return data
 
 
-def apply_overrides(config: RunConfig, overrides) -> None:
+def apply_overrides(config, overrides) -> None:
     """`section.key=value` items (values parsed as YAML) set on `config`."""
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -290,9 +421,9 @@ def apply_overrides(config: RunConfig, overrides) -> None:
         _set(config, key.strip(), yaml.safe_load(raw) if raw.strip() else None, where="command line: ")
 
 
-def from_dict(data: dict) -> RunConfig:
+def from_dict(data: dict, schema: type = RunConfig):
     """The inverse of `RunConfig.to_dict` (a resolved config saved in a run folder)."""
-    config = RunConfig()
+    config = schema()
     for section, values in data.items():
         for name, value in values.items():
             _set(config, f"{section}.{name}", value, where="resolved config: ")
@@ -302,15 +433,16 @@ def from_dict(data: dict) -> RunConfig:
 # ---------------------------------------------------------------------------------------------
 # resuming a run with changed settings
 
-# What `--resume` may change: the run's length, its logging, evaluation and checkpoint cadence, where it
-# lives, and memory knobs that leave every computed number the same up to float rounding. Any other
-# change would make the resumed run a different experiment from the one its first steps belong to.
+# What `--resume` may change: the run's length, its evaluation and checkpoint cadence, where it lives, and
+# memory knobs that leave every computed number the same up to float rounding. Any other change would make
+# the resumed run a different experiment from the one its first steps belong to. An experiment's own
+# sections (`warm_start`: read by the warm-start command, not by training) are no part of a run's config.
 RESUME_SAFE = (
-    "train.steps", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+    "train.steps", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.output_dir", "train.run_name",
     "loss.micro_batch_size", "loss.implementation", "loss.chunk_size", "model.gradient_checkpointing",
     "rollout.gpu_memory_utilization", "rollout.enforce_eager", "rollout.cpu_kv_cache_gib",
-    "rollout.logprob_gap_alarm", "warm_start.*",  # warm_start: read by the warm-start command, not by training
+    "rollout.logprob_gap_alarm",
 )
 
 
@@ -320,7 +452,7 @@ def flat(config: RunConfig) -> dict:
 
 
 def resume_safe(key: str) -> bool:
-    return key in RESUME_SAFE or f"{key.partition('.')[0]}.*" in RESUME_SAFE
+    return key in RESUME_SAFE or key.partition(".")[0] in EXPERIMENT_SECTIONS
 
 
 def resume_changes(saved: RunConfig, new: RunConfig) -> tuple[dict, dict]:

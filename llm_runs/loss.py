@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from pgpo.divergence import generalized_jsd
-from pgpo.information import aggregate, divergence
+from pgpo.information import aggregate
+from pgpo.information import divergence as divergence_of
 
 NEG_INF = float("-inf")
 
@@ -37,7 +38,7 @@ NEG_INF = float("-inf")
 @dataclass
 class SelfDistillationOutput:
     """`loss` (0-d, differentiable in the student's inputs); pairs (numerator, denominator), 0-d each,
-    no gradient: `information` = KL(q ‖ p) (or the chosen `signal`) and `jsd` = D_½(p, q) on the
+    no gradient: `information` = KL(q ‖ p) (or the chosen `divergence`) and `jsd` = D_½(p, q) on the
     support, over the tokens of masked-in sequences; `entropy` = H(p) over the full vocabulary, over
     every response token. `token_logprobs`: (B, T) log π_train of the sampled tokens, detached (None
     without `response_ids`)."""
@@ -131,17 +132,6 @@ def teacher_support(logits: torch.Tensor, top: torch.Tensor | None, add_tail: bo
     return torch.cat([gathered, tail[..., None]], -1)
 
 
-def support_logprobs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, topk: int | None = 100,
-                     add_tail: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Student and teacher log-probabilities on the common support: (..., V) ×2 → (..., S) ×2, in the logits'
-    dtype (float32 at least); the student's differentiable, the teacher's detached. S = k + 1 (top-k +
-    tail), k (top-k renormalised) or V (`topk=None`). What the loss and the information are computed on."""
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    top, a, _, _ = student_support(student_logits.to(dtype), topk, add_tail)
-    log_q = normalise(teacher_support(teacher_logits.detach().to(dtype), top, add_tail))
-    return normalise(a).to(dtype), log_q.to(dtype)
-
-
 def token_logprobs_of(logits: torch.Tensor, ids: torch.Tensor, shift: torch.Tensor, log_z: torch.Tensor) -> torch.Tensor:
     """log p of the tokens `ids` (...) from the logits (..., V) and `student_support`'s shift and log Z → (...) float64."""
     return (logits.detach().gather(-1, ids[..., None].long())[..., 0].double() - shift) - log_z.detach()
@@ -207,7 +197,7 @@ def pool(information: torch.Tensor, jsd: torch.Tensor, entropy_: torch.Tensor, r
 
 def self_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, response_mask: torch.Tensor,
                            sample_mask: torch.Tensor, beta: float = 0.5, topk: int | None = 100, add_tail: bool = True,
-                           is_weights: torch.Tensor | None = None, signal: str = "kl",
+                           is_weights: torch.Tensor | None = None, divergence: str = "kl",
                            response_ids: torch.Tensor | None = None, sampler_logprobs: torch.Tensor | None = None,
                            is_cap: float = 2.0) -> SelfDistillationOutput:
     """The loss and the information pair for one micro-batch.
@@ -221,8 +211,8 @@ def self_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.T
         topk, add_tail: the support: the student's top-k tokens plus a tail bucket, the top-k renormalised
             (`add_tail=False`), or the whole vocabulary (`topk=None`).
         is_weights: (B, T) importance weights w (see `importance_weights`), detached; None = 1.
-        signal: the information's divergence, a `pgpo.information` kind: "kl" = KL(q ‖ p) (`docs/method.md` §2),
-            "reverse_kl", "jsd".
+        divergence: the one the information signal is computed with, a `pgpo.information` kind: "kl" = KL(q ‖ p)
+            (`docs/method.md` §2), "reverse_kl", "jsd".
         response_ids: (B, T) the sampled tokens; gives `token_logprobs`.
         sampler_logprobs: (B, T) the rollout engine's log-probabilities of them; with `response_ids`, the
             importance weights are computed here (capped at `is_cap`) instead of being passed in.
@@ -251,7 +241,8 @@ def self_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.T
     loss = weighted_sum(per_token, generalized_jsd(log_p, log_q, beta))
     with torch.no_grad():
         lp = log_p.detach()
-        metrics = pool(divergence(lp, log_q, signal), divergence(lp, log_q, "jsd"), entropy(z.detach(), shift, log_z.detach()),
+        metrics = pool(divergence_of(lp, log_q, divergence), divergence_of(lp, log_q, "jsd"),
+                       entropy(z.detach(), shift, log_z.detach()),
                        response_mask, sample_mask, dtype)
     return SelfDistillationOutput(loss.to(dtype), **metrics,
                                   token_logprobs=None if token_logprobs is None else token_logprobs.to(dtype))

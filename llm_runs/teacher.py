@@ -3,6 +3,9 @@
 Sibling rule (`docs/method.md` §1): for response i of a group, the demonstration is the first *other*
 response of the group with reward 1, with `<think>…</think>` blocks removed; without one the sample
 has no teacher (m_i = 0). A lone success therefore teaches its siblings but gets no teacher itself.
+
+A demonstration becomes the teacher's prompt through `llm_runs.data.render(tokenizer, example, template,
+demonstration, enable_thinking)`, as the trainer does; None means no teacher.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from contextlib import contextmanager
 
 import torch
 
-from llm_runs.data import Example, answer_text, messages
+from llm_runs.data import Example, answer_text
 
 DEMONSTRATIONS = ("sibling", "ground_truth")
 _THINK = re.compile(r"<think>.*?</think>", flags=re.DOTALL)
@@ -41,10 +44,6 @@ def demonstrations(responses: list[str], rewards: list[float], example: Example,
         j = next((j for j in successes if j != i), None)
         out.append(None if j is None else (strip_think(responses[j]) if strip else responses[j]))
     return out
-
-
-def teacher_messages(example: Example, demos: list[str | None], template: str = "boxed") -> list[list[dict] | None]:
-    return [None if d is None else messages(example, template, d) for d in demos]
 
 
 class TeacherWeights:

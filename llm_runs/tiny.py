@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "head_dim": 32, "intermediate_size": 128}
+"""The tiny Qwen3's architecture: 2 layers, 64 wide, 4 query / 2 key-value heads of size 32 (the smallest head
+vLLM's CPU build runs). The one definition: `model.tiny_shape`'s default and `smoke --shape tiny` read it."""
+VOCAB_SIZE = 512
+"""The locally trained tokenizer's vocabulary."""
+MAX_POSITIONS = 4096
+"""The tiny model's context length."""
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
 CHAT_TEMPLATE = (
@@ -24,7 +33,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int = 512):
+def build_tokenizer(corpus: list[str], vocab_size: int = VOCAB_SIZE):
     """Train a byte-level BPE on `corpus` and wrap it as a `PreTrainedTokenizerFast`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -41,18 +50,19 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 512):
     return tokenizer
 
 
-def build(out: str | Path, corpus: list[str], shape: dict | None = None, seed: int = 0, vocab_size: int = 512) -> Path:
-    """Write a tiny random Qwen3 and its tokenizer to `out` (a directory `from_pretrained` reads)."""
+def build(out: str | Path, corpus: list[str], shape: dict | None = None, seed: int = 0,
+          vocab_size: int = VOCAB_SIZE) -> Path:
+    """Write a tiny random Qwen3 and its tokenizer to `out` (a directory `from_pretrained` reads); `shape`
+    overrides entries of `SHAPE`."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     out = Path(out)
     tokenizer = build_tokenizer(corpus, vocab_size)
     shape = dict(shape or {})
-    config = Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=False,
+    config = Qwen3Config(vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False,
                          bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         **{"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                            "head_dim": 32, "intermediate_size": 128,
+                         **{**SHAPE,
                             # a wider init than Qwen's 0.02, so that a random model's predictions depend on
                             # its context and the teacher's differ visibly from the student's
                             "initializer_range": 0.2, **shape})

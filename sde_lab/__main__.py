@@ -1,4 +1,5 @@
-"""`python -m sde_lab verify [--quick] [--json PATH]`, `python -m sde_lab bench` and `python -m sde_lab figures`."""
+"""`python -m sde_lab verify [--quick] [--json PATH]`, `python -m sde_lab bench` and `python -m sde_lab figures`: the
+studies (`sde_lab.studies`)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "figures":
-        from sde_lab.figures import run as run_figures
+        from sde_lab.studies.figures import run as run_figures
 
         start = time.perf_counter()
         written = run_figures(args.out, quick=args.quick, replot=args.replot, only=args.only)
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
     if args.command == "bench":
         import json
 
-        from sde_lab.bench import report, run as run_bench
+        from sde_lab.studies.bench import report, run as run_bench
 
         result = run_bench(paths=args.paths, sdeint_paths=args.sdeint_paths, device=args.device)
         print(report(result))
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
         return 0
 
     if args.command == "verify":
-        from sde_lab.verify import run, table
+        from sde_lab.studies.verify import run, table
 
         start = time.perf_counter()
         rows = run(quick=args.quick, json_path=args.json, only=args.only)

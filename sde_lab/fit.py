@@ -84,12 +84,12 @@ def slope_fit(etas, errors, stderr, settle: float = 0.1) -> SlopeFit:
     if len(used) == 2 and np.sign(errors[used[0]]) != np.sign(errors[used[1]]):
         dropped[used[1]] = "sign change"
         used = used[:1]
-    local = [_local_slope(etas, errors, stderr, used[0], used[1])] if len(used) == 2 else []
+    local = [local_slope(etas, errors, stderr, used[0], used[1])] if len(used) == 2 else []
     for i in kept[2:]:
         if len(used) < 2:
             dropped[i] = "pre-asymptotic"
             continue
-        s, s_se = _local_slope(etas, errors, stderr, used[-1], i)
+        s, s_se = local_slope(etas, errors, stderr, used[-1], i)
         mean = np.mean([v for v, _ in local])
         mean_se = np.sqrt(np.sum([v**2 for _, v in local])) / len(local)
         if np.sign(errors[i]) != np.sign(errors[used[-1]]):
@@ -129,8 +129,8 @@ def polynomial_fit(etas, errors, stderr, used=None) -> PolynomialFit:
     return PolynomialFit(tuple(float(b) for b in beta), tuple((float(b - h), float(b + h)) for b, h in zip(beta, half)), used)
 
 
-def _local_slope(etas, errors, stderr, i, j):
-    """(slope, se) between ladder points i and j."""
+def local_slope(etas, errors, stderr, i, j) -> tuple[float, float]:
+    """(slope, se) of log|e| against log η between ladder points i and j (indices into the (n,) arrays)."""
     span = np.log(etas[i] / etas[j])
     s = np.log(abs(errors[i]) / abs(errors[j])) / span
     rel = np.hypot(stderr[i] / abs(errors[i]), stderr[j] / abs(errors[j]))

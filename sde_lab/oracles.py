@@ -3,11 +3,13 @@
 Each oracle answers `discrete(eta, steps, test)` = E g(x_k) of SGD and `sde(eta, t, test, order)`
 = E g(X_t) of SGD's order-1 or order-2 SME, or None when it does not cover that test function.
 Both are exact to rounding, so weak errors computed from them have no sampling error at all.
+`stationary_spread` gives the long-run spread of SGD with a constant ρ on the quadratic and of both SDEs.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import linalg
 
 from sde_lab.observables import cos_direction
 
@@ -104,3 +106,14 @@ class RandomHessianOracle:
         if test == "coord0":
             return self.q[0, :] @ mean
         return None
+
+
+def stationary_spread(hessian: np.ndarray, eta: float, rho: float) -> tuple[float, float, float]:
+    """tr of the stationary covariance on the quadratic L = ½xᵀHx with Σ = H² and a constant ρ, from the exact
+    Lyapunov equations: (SGD with step ηρ, its scaled SDE (diffusion ×ρ), the paper's SDE); hessian is (d, d)."""
+    h = np.asarray(hessian, dtype=np.float64)
+    a = np.eye(len(h)) - eta * rho * h
+    discrete = linalg.solve_discrete_lyapunov(a, (eta * rho) ** 2 * h @ h)
+    scaled = linalg.solve_continuous_lyapunov(-rho * h, -eta * rho**2 * h @ h)
+    paper = linalg.solve_continuous_lyapunov(-rho * h, -eta * h @ h)
+    return np.trace(discrete), np.trace(scaled), np.trace(paper)

@@ -18,25 +18,101 @@ With t = kη and b the drift of the process's mean motion:
 The order-2 drift uses J_b b, computed by forward-mode differentiation of b (torch.func.jvp), so a
 problem's functions must be written in torch. A hard cap (the linear form's kink) only promises order
 1 for the order-2 SDEs; whether it costs order is left to measurement.
+
+Each row of the table above is one `Family` in `FAMILIES`; `sme` reads its name and claimed order from
+there, and `models_and_orders()` lists every SDE it builds with that order (what verify and the tests
+measure).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
 from pgpo import Multiplier
 from sde_lab.problem import Problem, deviation_factor
 
-FORMS = ("scaled", "paper")
+SDES = ("scaled", "paper")
 DRIFTS = ("correct", "naive")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One SDE that `sme` builds: the arguments that select it, its name and the weak order it claims."""
+
+    process: str  # "SGD", "PGPO[state]" or "PGPO[minibatch]"
+    order: int  # sme's `order`
+    sde: str | None  # sme's `sde` where it matters (PGPO[state]), else None
+    drift: str | None  # sme's `drift` where it matters (PGPO[minibatch]), else None
+    name: str  # the SDEModel's name
+    claims: int  # the weak order it claims
+    kinked_claims: int | None = None  # the claim when ρ has a kink (Multiplier form "linear"), where it differs
+
+    def claimed_order(self, multiplier: Multiplier | None) -> int:
+        """The order claimed with this multiplier (None for SGD)."""
+        kinked = multiplier is not None and multiplier.form == "linear"
+        return self.kinked_claims if kinked and self.kinked_claims is not None else self.claims
+
+
+FAMILIES = (
+    Family("SGD", 1, None, None, "SME", claims=1),
+    Family("SGD", 2, None, None, "SME-2", claims=2),
+    Family("PGPO[state]", 1, "scaled", None, "SME[scaled]", claims=1),
+    Family("PGPO[state]", 1, "paper", None, "SME[paper]", claims=1),
+    Family("PGPO[state]", 2, "scaled", None, "SME[scaled]-2", claims=2, kinked_claims=1),  # order 2 needs a smooth ρ
+    Family("PGPO[state]", 2, "paper", None, "SME[paper]-2", claims=1),  # its diffusion misses ρ: O(η) off
+    Family("PGPO[minibatch]", 1, None, "correct", "SME[correct drift]", claims=1),
+    Family("PGPO[minibatch]", 1, None, "naive", "SME[naive drift]", claims=0),  # E[ρ_γ ∇ℓ_γ] ≠ ρ(I)∇L: O(1) off
+)
+
+
+def family(multiplier: Multiplier | None, sde: str, order: int, signal: str, drift: str) -> Family:
+    """The row of `FAMILIES` that sme(problem, eta, multiplier, sde, order, signal, drift) builds."""
+    if multiplier is None:
+        key = ("SGD", order, None, None)
+    elif signal == "minibatch":
+        key = ("PGPO[minibatch]", order, None, drift)
+    else:
+        key = ("PGPO[state]", order, sde, None)
+    for f in FAMILIES:
+        if (f.process, f.order, f.sde, f.drift) == key:
+            return f
+    raise ValueError(f"no SDE is declared for {key}")
+
+
+class ModelOrder(NamedTuple):
+    """One SDE and its claimed weak order: sme(problem, eta, **kwargs).claimed_order == order."""
+
+    label: str
+    kwargs: dict  # multiplier, sde, order, signal, drift: for `sme`, and as they are for `weak_error`
+    order: int
+
+
+SMOOTH = Multiplier(2.0, 2.0, form="smooth")  # the PGPO rows' multiplier
+KINKED = Multiplier(2.0, 2.0, form="linear")  # the hard cap, where a kink changes the claim
+
+
+def models_and_orders() -> list[ModelOrder]:
+    """Every SDE of `FAMILIES` with the weak order it claims (PGPO with `SMOOTH`, and again with `KINKED`
+    where the kink changes the claim), labelled "process/SDE name"."""
+    rows = []
+    for f in FAMILIES:
+        signal = "minibatch" if f.process == "PGPO[minibatch]" else "state"
+        variants = [(None, "")] if f.process == "SGD" else [(SMOOTH, "")]
+        if f.kinked_claims is not None:
+            variants.append((KINKED, " (kinked ρ)"))
+        for multiplier, suffix in variants:
+            kwargs = dict(multiplier=multiplier, sde=f.sde or "scaled", order=f.order, signal=signal,
+                          drift=f.drift or "correct")
+            rows.append(ModelOrder(f"{f.process}/{f.name}{suffix}", kwargs, f.claimed_order(multiplier)))
+    return rows
 
 
 @dataclass
 class SDEModel:
-    """dX = drift(X) dt + diffusion(X) dW, with diffusion (M, d, m) or a constant (d, m)."""
+    """dX = drift(X) dt + diffusion(X) dW: drift (M, d) → (M, d), diffusion (M, d) → (M, d, m) or a constant (d, m)."""
 
     name: str
     claimed_order: int
@@ -45,11 +121,11 @@ class SDEModel:
     noise_dim: int
 
 
-def sme(problem: Problem, eta: float, multiplier: Multiplier | None = None, form: str = "scaled", order: int = 1,
+def sme(problem: Problem, eta: float, multiplier: Multiplier | None = None, sde: str = "scaled", order: int = 1,
         signal: str = "state", drift: str = "correct") -> SDEModel:
     """The SME of SGD (multiplier None) or PGPO at step `eta`; see the module docstring."""
-    if form not in FORMS:
-        raise ValueError(f"sde must be one of {FORMS}, got {form!r}")
+    if sde not in SDES:
+        raise ValueError(f"sde must be one of {SDES}, got {sde!r}")
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
     if drift not in DRIFTS:
@@ -58,28 +134,25 @@ def sme(problem: Problem, eta: float, multiplier: Multiplier | None = None, form
 
     if multiplier is not None and signal == "minibatch":
         return _minibatch_sme(problem, eta, multiplier, order, drift)
+    declared = family(multiplier, sde, order, signal, drift)
     if multiplier is None:
         rho = None
         b = lambda x: -problem.grad(x)  # noqa: E731
-        name, claimed = "SME", order
     else:
         if problem.info is None:
             raise ValueError(f"PGPO with signal='state' needs problem.info; {problem.name!r} has none")
         rho = lambda x: multiplier(problem.info(x))  # noqa: E731
         b = lambda x: -rho(x)[:, None] * problem.grad(x)  # noqa: E731
-        name = f"SME[{form}]"
-        smooth = multiplier.form != "linear"
-        claimed = 2 if (order == 2 and form == "scaled" and smooth) else 1
 
     def diffusion(x):
         factor = problem.noise(x)
-        if rho is None or form == "paper":
+        if rho is None or sde == "paper":
             return root_eta * factor
         scale = root_eta * rho(x)
         return scale[:, None, None] * (factor if factor.dim() == 3 else factor[None])
 
     drift_fn = b if order == 1 else _second_order(b, eta)
-    return SDEModel(f"{name}{'-2' if order == 2 else ''}", claimed, drift_fn, diffusion, problem.noise_dim())
+    return SDEModel(declared.name, declared.claimed_order(multiplier), drift_fn, diffusion, problem.noise_dim())
 
 
 def _second_order(b: Callable, eta: float) -> Callable:
@@ -97,9 +170,10 @@ def _minibatch_sme(problem: Problem, eta: float, multiplier: Multiplier, order: 
         raise ValueError("the mini-batch-signal SDE is implemented at order 1 only")
     if problem.batches is None:
         raise ValueError(f"the mini-batch-signal SDE needs problem.batches; {problem.name!r} has none")
+    declared = family(multiplier, "scaled", order, "minibatch", drift)
     if drift == "naive":
         naive = sme(problem, eta, multiplier, "scaled", 1, "state")
-        return SDEModel("SME[naive drift]", 0, naive.drift, naive.diffusion, naive.noise_dim)
+        return SDEModel(declared.name, declared.claimed_order(multiplier), naive.drift, naive.diffusion, naive.noise_dim)
     root_eta = eta**0.5
 
     def moments(x):
@@ -117,4 +191,4 @@ def _minibatch_sme(problem: Problem, eta: float, multiplier: Multiplier, order: 
         return root_eta * deviation_factor(v, w)
 
     batches = problem.batches(problem.x0[None, :])[0].shape[1]
-    return SDEModel("SME[correct drift]", 1, mean_drift, diffusion, batches)
+    return SDEModel(declared.name, declared.claimed_order(multiplier), mean_drift, diffusion, batches)

@@ -5,7 +5,8 @@
 For each η: the discrete process and the SDE *at that η* (the SDE itself depends on η) are run to the
 same horizon T. The reference E g(X_T) is exact where the problem's oracle covers the case (SGD on the
 exact problems: no Monte Carlo at all), otherwise Euler–Maruyama at dt = η/2^refine with Richardson
-extrapolation, coupled to the discrete process through common random numbers.
+extrapolation (weighted by its weak order, `sde_lab.schemes`), coupled to the discrete process through
+common random numbers (`sde_lab.coupling`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import torch
 from tqdm.auto import tqdm
 
 from pgpo import Multiplier
-from sde_lab import observables, stability
+from sde_lab import observables, schemes, stability
 from sde_lab.discrete import DiscreteProcess
-from sde_lab.euler_maruyama import coupled_paths
+from sde_lab.coupling import coupled_paths
 from sde_lab.fit import PolynomialFit, SlopeFit, polynomial_fit, slope_fit
 from sde_lab.problem import Problem, expect_output
 from sde_lab.sme import SDEModel, sme
 
 REFERENCES = ("auto", "exact", "em")
+SCHEME = schemes.EULER_MARUYAMA  # the "em" reference's scheme: its weak order weights the Richardson step
 
 
 @dataclass
@@ -138,7 +140,7 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
     """Measure e(η) on the ladder `etas` at time `horizon` and fit its order.
 
     Args:
-        problem: a `Problem` (see `sde_lab.problems` for the built-ins).
+        problem: a `Problem` (see `sde_lab.catalog` for the built-ins).
         etas: learning rates; each must divide `horizon` into a whole number of steps.
         horizon: T.
         multiplier: a `pgpo.Multiplier` for PGPO, or None for SGD.
@@ -201,12 +203,12 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
             def observe(x, y, y_coarse):
                 farthest = _farthest(y)
                 reach_now = float(farthest.norm()) if len(farthest) else 0.0
-                seen.append(_difference(g, x, y, y_coarse, reach_now))
+                seen.append(_difference(g, x, y, y_coarse, reach_now, SCHEME.weak_order))
                 visited.append(farthest)
                 reach[j] = max(reach[j], reach_now)
 
             _, y_final, _ = coupled_paths(processes[j], models[j], steps[j], paths, refine, richardson, gen, device,
-                                          every=steps[j] // steps[0], observe=observe)
+                                          every=steps[j] // steps[0], observe=observe, scheme=SCHEME)
             final_norms.append(y_final.norm(dim=-1).double().cpu().numpy())
             checkpoints[j] = [d.mean() if len(d) else np.nan for d, _ in seen]
             d, diverged[j] = seen[-1]
@@ -256,8 +258,9 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
 BLOW_UP = 1e3  # a discrete path this many times farther out than every SDE path (plus 1) has blown up
 
 
-def _difference(g, x, y, y_coarse, reach: float):
-    """Per-path g(x) − reference (Richardson-extrapolated when y_coarse is given), sound paths only.
+def _difference(g, x, y, y_coarse, reach: float, order: int):
+    """Per-path g(x) − reference (Richardson-extrapolated at weak order `order` when y_coarse is given), sound
+    paths only; x, y, y_coarse are (M, d).
 
     A path is dropped when anything in it is non-finite, or when the discrete state has blown up: its
     norm exceeds BLOW_UP·(1 + `reach`, the largest norm of any finite SDE path) — a finite but diverged path
@@ -265,7 +268,7 @@ def _difference(g, x, y, y_coarse, reach: float):
     Returns (differences as a float64 numpy array, number of paths dropped).
     """
     with torch.no_grad():
-        ref = 2 * g(y) - g(y_coarse) if y_coarse is not None else g(y)
+        ref = schemes.richardson(g(y), g(y_coarse), order) if y_coarse is not None else g(y)
         diff = g(x) - ref
         sound = torch.isfinite(diff) & torch.isfinite(x).all(-1) & torch.isfinite(y).all(-1)
         if y_coarse is not None:

@@ -1,6 +1,5 @@
 """Both notebooks run top to bottom in quick mode (headless, through nbclient) and store no outputs in git."""
 
-import os
 from pathlib import Path
 
 import pytest

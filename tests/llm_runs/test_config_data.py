@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from llm_runs.config import ConfigError, load
+from llm_runs.experiment import config as experiment_config  # registers the demo's `warm_start:` section
 from llm_runs.data import DataError, PromptSampler, load_split, messages, question_of, render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +67,88 @@ def test_overrides_and_their_errors(tmp_path):
         load(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load(tmp_path / "missing.yaml")
+
+
+def _fields_and_docstrings(path):
+    """(class, field, annotation source, has a docstring) for every field of the *Config dataclasses in `path`."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("Config")):
+        body = cls.body
+        for i, node in enumerate(body):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                doc = i + 1 < len(body) and isinstance(body[i + 1], ast.Expr) and isinstance(body[i + 1].value, ast.Constant) \
+                    and isinstance(body[i + 1].value.value, str)
+                yield cls.name, node.target.id, ast.unparse(node.annotation), doc
+
+
+def test_every_field_has_one_docstring_and_carries_its_allowed_values():
+    import typing
+
+    from llm_runs.config import RunConfig, _hints
+    from llm_runs.experiment.config import DemoConfig
+
+    rows = [r for p in ("config.py", "experiment/config.py") for r in _fields_and_docstrings(ROOT / "llm_runs" / p)]
+    assert len(rows) > 70 and [f"{c}.{f}" for c, f, _, doc in rows if not doc] == []
+    # the choices live on the fields: every str field with a fixed set of values is a Literal
+    choices = {f"{c}.{f}": a for c, f, a, _ in rows if a.startswith("Literal[")}
+    assert {"ModelConfig.dtype", "PGPOConfig.divergence", "TrainConfig.device", "LossConfig.implementation"} <= set(choices)
+    hints = _hints(RunConfig)
+    assert "warm_start" not in hints and "warm_start" in _hints(DemoConfig)
+    assert typing.get_args(_hints(type(RunConfig().pgpo))["divergence"]) == ("kl", "reverse_kl", "jsd")
+
+
+def test_the_experiments_section_is_read_by_its_schema_and_checked_but_left_out_by_the_runs():
+    from llm_runs.experiment.config import DemoConfig
+
+    demo = ROOT / "llm_runs" / "configs" / "demo_cpu.yaml"
+    c = load(demo, ["warm_start.steps=7"], schema=DemoConfig)
+    assert (c.warm_start.steps, c.warm_start.lr, c.warm_start.guided_fraction) == (7, 3e-3, 0.5)
+    assert c.to_dict()["warm_start"]["steps"] == 7
+    run = load(demo, ["warm_start.steps=7"])
+    assert not hasattr(run, "warm_start") and "warm_start" not in run.to_dict() and run.train.steps == 250
+    for schema in (DemoConfig, None):
+        kwargs = {} if schema is None else {"schema": schema}
+        with pytest.raises(ConfigError, match=r"warm_start.guided_fraction: must lie in \[0.0, 1.0\]"):
+            load(demo, ["warm_start.guided_fraction=2"], **kwargs)
+        with pytest.raises(ConfigError, match="unknown key 'warm_start.stepz'"):
+            load(demo, ["warm_start.stepz=1"], **kwargs)
+
+
+def test_a_run_folder_written_before_the_renames_still_loads_and_resumes(tmp_path, capsys):
+    """Old run folders hold `warm_start`, `train.log_every` and `pgpo.signal`: read as today's keys."""
+    import yaml
+
+    from llm_runs.config import from_dict, load_for_resume
+
+    old = load(ROOT / "llm_runs" / "configs" / "tiny_cpu.yaml").to_dict()
+    del old["pgpo"]["divergence"]
+    old["pgpo"]["signal"] = "jsd"
+    old["train"]["log_every"] = 1
+    old["warm_start"] = {"steps": 300, "batch_size": 32, "lr": 3e-3, "guided_fraction": 0.5}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    (run / "resumed.yaml").write_text("train.steps: 9\ntrain.log_every: 5\n")
+    c = load_for_resume(run, ["train.log_every=2", "warm_start.steps=10"])
+    assert c.pgpo.divergence == "jsd" and c.train.steps == 9 and not hasattr(c.train, "log_every")
+    assert yaml.safe_load((run / "resumed.yaml").read_text()) == {"train.steps": 9}
+    assert from_dict(old).to_dict() == load(run / "config.yaml").to_dict()
+    assert "pgpo.signal is now pgpo.divergence" in capsys.readouterr().err
+    assert load(None, ["pgpo.signal=reverse_kl"]).pgpo.divergence == "reverse_kl"
+    with pytest.raises(ConfigError, match="command line: pgpo.divergence: must be one of"):
+        load(None, ["pgpo.signal=cubic"])
+    with pytest.raises(ConfigError, match="unknown key 'train.log_everything'"):
+        load(None, ["train.log_everything=1"])
+
+
+def test_the_tiny_shape_has_one_definition():
+    from llm_runs import tiny
+    from llm_runs.tools.smoke import SHAPES
+
+    assert load().model.tiny_shape == tiny.SHAPE and load().model.tiny_shape is not tiny.SHAPE
+    assert {k: SHAPES["tiny"][k] for k in tiny.SHAPE} == tiny.SHAPE
 
 
 def _write(tmp_path, rows):

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from llm_runs import demo
+from llm_runs.experiment import demo
 from llm_runs.data import answer_text
-from llm_runs.synthetic import make_splits
-from llm_runs.warm_start import draw, letters_of
+from llm_runs.experiment.synthetic import make_splits
+from llm_runs.experiment.warm_start import draw, letters_of
 
 TOY = ["warm_start.steps=120", "train.steps=3", "train.eval_every=3", "train.checkpoint_every=0",
        "rollout.prompts_per_step=8", "rollout.samples_per_prompt=8", "eval.samples=4", "eval.max_questions=12"]

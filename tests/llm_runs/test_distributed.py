@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "llm_runs" / "configs" / "tiny_cpu.yaml"
 FIXTURES = ROOT / "llm_runs" / "fixtures" / "toy_science"
-NUMERIC = ("information", "rho", "loss", "grad_norm", "kl_teacher_student", "jsd_teacher_student", "entropy", "lr",
+NUMERIC = ("information", "rho", "loss", "grad_norm", "divergence_teacher_student", "jsd_teacher_student", "entropy", "lr",
            "effective_lr")
 EXACT = ("step", "reward_mean", "teacher_fraction", "response_length_mean", "response_length_max", "skipped")
 

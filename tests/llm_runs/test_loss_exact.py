@@ -84,7 +84,7 @@ def test_every_quantity_is_exact_at_any_logit_scale(implementation, scale, regim
     for kind in ("kl", "reverse_kl", "jsd"):
         leaf = student.clone().requires_grad_(True)
         args = (torch.ones(B, T), torch.ones(B))
-        options = dict(beta=beta, topk=topk, add_tail=add_tail, signal=kind, response_ids=response_ids)
+        options = dict(beta=beta, topk=topk, add_tail=add_tail, divergence=kind, response_ids=response_ids)
         if implementation == "plain":
             out = self_distillation_loss(leaf, teacher, *args, **options)
         else:
@@ -152,11 +152,11 @@ def _batch(hidden=16, vocabulary=50, batch=3, length=5, dtype=torch.float32, see
     return h, h_teacher, response_mask, sample_mask, ids, sampler
 
 
-def _both(support, beta, signal, chunk_size, bias=False, dtype=torch.float32):
+def _both(support, beta, divergence, chunk_size, bias=False, dtype=torch.float32):
     student_head, teacher_head = _heads(bias=bias, dtype=dtype)
     h, h_teacher, response_mask, sample_mask, ids, sampler = _batch(dtype=dtype)
     topk, add_tail = support
-    options = dict(beta=beta, topk=topk, add_tail=add_tail, signal=signal, response_ids=ids, sampler_logprobs=sampler,
+    options = dict(beta=beta, topk=topk, add_tail=add_tail, divergence=divergence, response_ids=ids, sampler_logprobs=sampler,
                    is_cap=1.5)
     results = {}
     for implementation in ("plain", "chunked"):
@@ -180,8 +180,8 @@ def _norm_relative(a, b):
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("chunk_size", [1, 4, None])
 def test_chunked_from_hidden_states_equals_the_plain_path(support, beta, chunk_size):
-    for signal, bias in (("kl", False), ("jsd", True)):
-        r = _both(support, beta, signal, chunk_size, bias=bias)
+    for divergence, bias in (("kl", False), ("jsd", True)):
+        r = _both(support, beta, divergence, chunk_size, bias=bias)
         (plain, *plain_grads), (chunked, *chunked_grads) = r["plain"], r["chunked"]
         assert _norm_relative(chunked.loss, plain.loss) < 1e-6
         for got, want in zip(chunked_grads, plain_grads):
@@ -269,7 +269,7 @@ def test_default_chunk_is_an_eighth_of_a_gibibyte_of_float32_logits():
 @pytest.mark.slow
 def test_bench_loss_measures_one_chunk_against_several_full_copies_of_the_logits():
     """`python -m llm_runs bench-loss` at a small shape: each case in its own process, peak resident memory."""
-    from llm_runs.bench_loss import measure, report
+    from llm_runs.tools.bench_loss import measure, report
 
     vocabulary, length = 50_000, 1024
     rows = measure([length], vocabulary=vocabulary, hidden=64, chunk_size=64, progress=lambda line: None)
@@ -285,18 +285,23 @@ def test_bench_loss_measures_one_chunk_against_several_full_copies_of_the_logits
     assert "| 1,024 |" in table and "×" in table
 
 
-def test_support_logprobs_are_normalised_and_exact_in_the_tail():
-    from llm_runs.loss import support_logprobs
+def test_the_supports_log_probabilities_are_normalised_and_exact_in_the_tail():
+    """What `self_distillation_loss` computes p and q on: `student_support` and `teacher_support`, normalised."""
+    from llm_runs.loss import normalise, student_support, teacher_support
 
     student, teacher = (x.float() for x in logits(40.0, "independent"))
-    log_p, log_q = support_logprobs(student, teacher, topk=K, add_tail=True)
-    assert log_p.shape == log_q.shape == (B, T, K + 1) and log_p.dtype == torch.float32
-    torch.testing.assert_close(log_p.double().exp().sum(-1), torch.ones(B, T, dtype=torch.float64))
-    z = student.double()
-    outside = torch.ones_like(z, dtype=torch.bool).scatter(-1, z.topk(K, -1).indices, False)
-    tail = torch.logsumexp(z.masked_fill(~outside, -math.inf), -1) - torch.logsumexp(z, -1)
-    torch.testing.assert_close(log_p[..., -1].double(), tail, rtol=1e-6, atol=0)
-    assert support_logprobs(student, teacher, topk=None)[0].shape == (B, T, V)
+    top, a, _, _ = student_support(student, K, add_tail=True)
+    log_p, log_q = normalise(a), normalise(teacher_support(teacher, top, add_tail=True))
+    assert log_p.shape == log_q.shape == (B, T, K + 1) and log_p.dtype == log_q.dtype == torch.float64
+    for log in (log_p, log_q):
+        torch.testing.assert_close(log.exp().sum(-1), torch.ones(B, T, dtype=torch.float64))
+    for x, log in ((student, log_p), (teacher, log_q)):  # the teacher read at the student's top-k
+        z = x.double()
+        outside = torch.ones_like(z, dtype=torch.bool).scatter(-1, top, False)
+        tail = torch.logsumexp(z.masked_fill(~outside, -math.inf), -1) - torch.logsumexp(z, -1)
+        torch.testing.assert_close(log[..., -1], tail, rtol=1e-6, atol=1e-12)
+    top, a, _, _ = student_support(student, None, add_tail=True)
+    assert top is None and normalise(a).shape == normalise(teacher_support(teacher, top, True)).shape == (B, T, V)
 
 
 @pytest.mark.parametrize("implementation", ["plain", "chunked"])
@@ -317,7 +322,7 @@ def test_a_masked_vocabulary_gives_finite_values_and_gradients(implementation, s
     cases.append((other, 0.5))
     for teacher_logits, beta in cases:
         leaf = student.clone().requires_grad_(True)
-        options = dict(beta=beta, topk=topk, add_tail=add_tail, signal="jsd",
+        options = dict(beta=beta, topk=topk, add_tail=add_tail, divergence="jsd",
                        response_ids=torch.zeros(2, 3, dtype=torch.long))
         if implementation == "plain":
             out = self_distillation_loss(leaf, teacher_logits, *args, **options)
@@ -330,7 +335,7 @@ def test_a_masked_vocabulary_gives_finite_values_and_gradients(implementation, s
 
 
 def test_bench_loss_reports_a_failed_case_by_its_last_error_line():
-    from llm_runs.bench_loss import _last_error
+    from llm_runs.tools.bench_loss import _last_error
 
     oom = ("Traceback (most recent call last):\n  File ...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to "
            "allocate 18.55 GiB. GPU 0 has a total capacity of 139.80 GiB of which 6.22 GiB is free. Including ...")

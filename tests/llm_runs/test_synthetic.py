@@ -7,7 +7,7 @@ import pytest
 
 from llm_runs.data import load_split
 from llm_runs.reward import score
-from llm_runs.synthetic import make_splits, write_splits
+from llm_runs.experiment.synthetic import make_splits, write_splits
 
 
 def _solve(prompt: str) -> str:

@@ -1,12 +1,23 @@
-"""Teacher contexts (SDPO's sibling rule, the ground-truth option) and the EMA / live / frozen weights."""
+"""Teacher contexts (SDPO's sibling rule, the ground-truth option) and the EMA / live / frozen weights.
+
+The trainer builds a teacher's prompt as `render(tokenizer, example, template, demonstration, enable_thinking)`
+from each of `demonstrations(...)`; a None demonstration is no teacher (the sample is masked out)."""
 
 import pytest
 import torch
 
-from llm_runs.data import Example
-from llm_runs.teacher import TeacherWeights, demonstrations, strip_think, teacher_messages
+from llm_runs.data import Example, render
+from llm_runs.teacher import TeacherWeights, demonstrations, strip_think
 
 EX = Example(7, "Q?\n\nA: x\nB: y\nPlease reason step by step.", "B", "sys")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The tiny model's tokenizer with its Qwen3-like chat template (trained here in milliseconds)."""
+    from llm_runs import tiny
+
+    return tiny.build_tokenizer([EX.prompt, "Correct solution: \\boxed{B} Correctly solve the original question."])
 
 
 def test_sibling_rule_first_other_success_never_itself():
@@ -20,9 +31,11 @@ def test_lone_success_teaches_its_siblings_but_gets_no_teacher():
     assert demos == ["b", None, "b"]
 
 
-def test_no_success_no_teacher():
+def test_no_success_no_teacher(tokenizer):
     assert demonstrations(["a", "b"], [0.0, 0.0], EX) == [None, None]
-    assert teacher_messages(EX, [None, "d"])[0] is None
+    # without a demonstration, render gives the student's own prompt: no "Correct solution" in any context
+    for template in ("boxed", "answer_tag"):
+        assert "Correct solution" not in render(tokenizer, EX, template, None)
 
 
 def test_think_blocks_are_stripped_from_the_demonstration():
@@ -39,11 +52,14 @@ def test_ground_truth_gives_every_sample_a_teacher_in_the_template_format():
     assert demonstrations(["a"], [0.0], EX, "answer_tag", "ground_truth") == ["<answer>\nB\n</answer>"]
 
 
-def test_teacher_messages_use_the_template():
-    (boxed,) = teacher_messages(EX, ["\\boxed{B}"], "boxed")
-    assert "Correct solution: \\boxed{B} Correctly solve" in boxed[-1]["content"]
-    (tag,) = teacher_messages(EX, ["<answer>B</answer>"], "answer_tag")
-    assert tag[0]["role"] == "system" and "Correct solution:\n\n<answer>B</answer>\n\n" in tag[-1]["content"]
+def test_teacher_prompts_use_the_template(tokenizer):
+    (demo,) = demonstrations(["a"], [0.0], EX, "boxed", "ground_truth")
+    boxed = render(tokenizer, EX, "boxed", demo)
+    assert "Correct solution: \\boxed{B} Correctly solve" in boxed
+    assert boxed.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # thinking off, the response next
+    tag = render(tokenizer, EX, "answer_tag", "<answer>B</answer>")
+    assert tag.startswith("<|im_start|>system\nsys<|im_end|>")  # SDPO's template keeps the system message
+    assert "Correct solution:\n\n<answer>B</answer>\n\n" in tag
 
 
 def test_bad_input():

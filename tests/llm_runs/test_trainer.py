@@ -155,7 +155,7 @@ def test_vllm_engine_is_explained_where_it_cannot_run(tiny_model_dir, tmp_path):
 
 
 def test_vllm_names_lose_their_wrappers():
-    from llm_runs.vllm_engine import _strip_prefixes
+    from llm_runs.rollout.vllm import _strip_prefixes
 
     assert _strip_prefixes("model.layers.0._checkpoint_wrapped_module.self_attn.q_proj.weight") == \
         "model.layers.0.self_attn.q_proj.weight"
@@ -211,7 +211,7 @@ def test_sibling_rule_in_the_loop_with_lone_successes(tiny_model_dir, tmp_path, 
 
 
 def test_smoke_runs_full_steps_on_a_random_model_of_a_given_shape():
-    from llm_runs.smoke import SHAPES, run
+    from llm_runs.tools.smoke import SHAPES, run
 
     result = run("tiny", steps=1, response_tokens=8, dtype="float32", device="cpu")
     spec = SHAPES["tiny"]
@@ -226,7 +226,7 @@ def test_qwen3_8b_shape_has_the_published_parameter_count():
     """8,190,735,360 (Qwen/Qwen3-8B's published config), from the config alone: meta tensors, nothing allocated."""
     from transformers import AutoModelForCausalLM, Qwen3Config
 
-    from llm_runs.smoke import SHAPES
+    from llm_runs.tools.smoke import SHAPES
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(Qwen3Config(**SHAPES["qwen3-8b"]))
@@ -320,7 +320,7 @@ def test_chunked_and_plain_losses_train_alike(tiny_model_dir, tmp_path):
         grads[implementation] = {n: p.grad.clone() for n, p in t.model.named_parameters()}  # the first step's
         rows[implementation].append(t.step())
     for a, b in zip(rows["plain"], rows["chunked"]):
-        for k in ("information", "rho", "loss", "grad_norm", "kl_teacher_student", "jsd_teacher_student", "entropy",
+        for k in ("information", "rho", "loss", "grad_norm", "divergence_teacher_student", "jsd_teacher_student", "entropy",
                   "reward_mean"):
             assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-9), k
         assert b["logprob_gap_mean"] == pytest.approx(a["logprob_gap_mean"], abs=1e-7)  # both rounding noise
@@ -474,7 +474,7 @@ def test_resume_with_changed_settings_ends_in_one_error_line_and_leaves_the_run_
 def test_resume_allows_the_length_and_cadence_and_keeps_them_without_rewriting_config_yaml(two_step_run):
     before = (two_step_run / "config.yaml").read_bytes()
     code, err = _cli("train", "--resume", str(two_step_run), "--no-progress", "train.steps=3", "train.checkpoint_every=1",
-                     "train.eval_every=3", "train.log_every=1")
+                     "train.eval_every=3")
     assert code == 0, err[-2000:]
     assert (two_step_run / "config.yaml").read_bytes() == before  # still steps: 2, the run's first settings
     import yaml

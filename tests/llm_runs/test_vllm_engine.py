@@ -27,7 +27,7 @@ GAP = 1e-4  # sampler vs trainer, per token, fp32 on both sides (seen: ~1e-6)
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    from llm_runs.vllm_engine import VLLMEngine
+    from llm_runs.rollout.vllm import VLLMEngine
 
     engine = VLLMEngine(str(tiny_model_dir), seed=0, dtype=torch.float32, max_model_len=256, enforce_eager=True)
     yield engine
@@ -213,7 +213,7 @@ def test_resume_in_the_middle_of_a_vllm_run(model_link, tmp_path):
 
 def test_smoke_of_a_random_model_pushes_its_weights_into_vllm():
     """`model.random_init`: vLLM starts from dummy weights and is given the trainer's before the first step."""
-    from llm_runs.smoke import run
+    from llm_runs.tools.smoke import run
 
     result = run("tiny", steps=1, engine="vllm", response_tokens=16, dtype="float32", device="cpu",
                  overrides=("rollout.enforce_eager=true",))

@@ -2,7 +2,7 @@
 
 import math
 
-from sde_lab import bench
+from sde_lab.studies import bench
 
 
 def test_bench_reports_every_peer_it_can_find():
@@ -18,7 +18,7 @@ def test_the_engine_integrates_the_ou_process():
     """The benchmarked loop is a real solver: its mean decays like e^{−at} (exact for OU's mean under EM: (1 − a dt)^n)."""
     import torch
 
-    from sde_lab.euler_maruyama import em_step
+    from sde_lab.schemes import EULER_MARUYAMA
     from sde_lab.sme import SDEModel
 
     a, b = bench._ou()
@@ -26,6 +26,7 @@ def test_the_engine_integrates_the_ou_process():
     y = torch.ones(4000, bench.DIM, dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
     for _ in range(100):
-        y = em_step(model, y, bench.DT, torch.randn(4000, bench.DIM, generator=gen, dtype=torch.float64) * bench.DT**0.5)
+        dw = torch.randn(4000, bench.DIM, generator=gen, dtype=torch.float64) * bench.DT**0.5
+        y = EULER_MARUYAMA.step(model, y, bench.DT, dw)
     expected = (1 - torch.diagonal(a) * bench.DT) ** 100
     assert torch.allclose(y.mean(0), expected, atol=4 * 0.5 * (bench.DT * 100) ** 0.5 / 4000**0.5)

@@ -5,7 +5,7 @@ import json
 import pytest
 from matplotlib import image
 
-from sde_lab.figures import FIGURES, run
+from sde_lab.studies.figures import FIGURES, run
 
 
 @pytest.mark.slow

@@ -4,19 +4,22 @@ import numpy as np
 import pytest
 
 from pgpo import Multiplier
-from sde_lab import problems, weak_error
+from sde_lab import catalog, weak_error
+from sde_lab.sme import models_and_orders
 
 LADDER = [2.0**-j for j in range(2, 7)]
 SMOOTH = Multiplier(2.0, 2.0, form="smooth")
+MODELS = {m.label: m for m in models_and_orders()}  # the SDEs and the orders they claim (sde_lab.sme)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["logistic_regression", "self_distillation"])
-@pytest.mark.parametrize("multiplier", [None, SMOOTH], ids=["SGD", "PGPO"])
-def test_order_one_against_the_scaled_sme(name, multiplier):
-    r = weak_error(problems.get(name), LADDER, horizon=1.0, multiplier=multiplier, sde="scaled",
-                   test_fn="norm2", paths=1000, seed=1)
-    assert abs(r.slope - 1.0) < 0.25, (r.slope, r.errors, r.stderr)
+@pytest.mark.parametrize("model", [MODELS["SGD/SME"], MODELS["PGPO[state]/SME[scaled]"]], ids=["SGD", "PGPO"])
+def test_order_one_against_the_scaled_sme(name, model):
+    assert repr(model.kwargs["multiplier"]) in ("None", repr(SMOOTH)) and model.kwargs["sde"] == "scaled"
+    r = weak_error(catalog.get(name), LADDER, horizon=1.0, test_fn="norm2", paths=1000, seed=1, **model.kwargs)
+    assert model.order == r.claimed_order == 1
+    assert abs(r.slope - model.order) < 0.25, (r.slope, r.errors, r.stderr)
     assert r.slope_ci[0] < r.slope < r.slope_ci[1]
     assert np.all(r.diverged == 0)
     # the coupling at work: every point is resolved far above its noise
@@ -32,21 +35,25 @@ def test_order_one_against_the_scaled_sme(name, multiplier):
 ])
 def test_order_one_against_the_papers_sde(name, kwargs, ladder, paths, seed):
     """The paper's SDE keeps Σ while the process moves ρ times further: coupling helps less, so more paths."""
-    problem = problems.get(name, **kwargs)
-    r = weak_error(problem, ladder, horizon=1.0, multiplier=Multiplier(4.0, 2.0, form="smooth"), sde="paper",
-                   test_fn="norm2", paths=paths, seed=seed)
-    assert abs(r.slope - 1.0) < 0.25, (r.slope, r.errors, r.stderr)
+    problem, model = catalog.get(name, **kwargs), MODELS["PGPO[state]/SME[paper]"]
+    assert model.kwargs["sde"] == "paper"
+    r = weak_error(problem, ladder, horizon=1.0, test_fn="norm2", paths=paths, seed=seed,
+                   **{**model.kwargs, "multiplier": Multiplier(4.0, 2.0, form="smooth")})
+    assert model.order == r.claimed_order == 1
+    assert abs(r.slope - model.order) < 0.25, (r.slope, r.errors, r.stderr)
 
 
 @pytest.mark.slow
 def test_a_minibatch_signal_needs_the_correct_drift():
     """Naive drift −ρ(I(x))∇L: an O(1) error that stays as η → 0. Correct drift −E[ρ(I_γ)∇ℓ_γ]: order 1."""
-    problem = problems.linear_regression(n=8, noise=2.0, dim=1)  # 1-D: real mini-batches couple tightly
+    problem = catalog.linear_regression(n=8, noise=2.0, dim=1)  # 1-D: real mini-batches couple tightly
     etas = [2.0**-j for j in range(2, 7)]
-    common = dict(horizon=2.0, multiplier=SMOOTH, signal="minibatch", test_fn="norm2")
-    naive = weak_error(problem, etas, drift="naive", paths=1000, **common)
-    correct = weak_error(problem, etas, drift="correct", paths=2000, **common)
-    assert naive.claimed_order == 0 and naive.verdict() == "no convergence, as claimed"
+    naive_sde, correct_sde = MODELS["PGPO[minibatch]/SME[naive drift]"], MODELS["PGPO[minibatch]/SME[correct drift]"]
+    assert repr(naive_sde.kwargs["multiplier"]) == repr(correct_sde.kwargs["multiplier"]) == repr(SMOOTH)
+    naive = weak_error(problem, etas, 2.0, paths=1000, test_fn="norm2", **naive_sde.kwargs)
+    correct = weak_error(problem, etas, 2.0, paths=2000, test_fn="norm2", **correct_sde.kwargs)
+    assert naive.claimed_order == naive_sde.order == 0 and naive.verdict() == "no convergence, as claimed"
+    assert correct.claimed_order == correct_sde.order == 1
     a_lo, a_hi = naive.poly_fit.ci[0]
     assert a_lo > 0.3  # the plateau
     assert abs(naive.errors[-1] - naive.errors[-2]) < 0.1 * abs(naive.errors[-1])
@@ -77,9 +84,9 @@ def test_uncoupled_gaussian_paths_draw_their_own_normals():
     import torch
 
     from sde_lab import DiscreteProcess, sme
-    from sde_lab.euler_maruyama import coupled_paths
+    from sde_lab.coupling import coupled_paths
 
-    problem, eta, paths = problems.quadratic(), 2.0**-5, 4000
+    problem, eta, paths = catalog.quadratic(), 2.0**-5, 4000
     process, model = DiscreteProcess(problem, eta), sme(problem, eta)
     spread, means = {}, {}
     for coupled in (True, False):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from pgpo import Multiplier
-from sde_lab import Problem, SDEModel, problems, sme, weak_error
+from sde_lab import Problem, SDEModel, catalog, sme, weak_error
 from sde_lab.stability import MAX_DIM, max_curvature
-from sde_lab.verify import _order_row
+from sde_lab.studies.verify import _order_row
 
 F64 = torch.float64
 
@@ -102,7 +102,7 @@ def test_max_curvature_measures_the_hessian_of_a_field():
     assert max_curvature(lambda x: x, torch.zeros(1, MAX_DIM + 1, dtype=F64)) is None
     # the built-ins' declared λ_max are bounds the measurement respects
     for name in ("quadratic", "random_hessian", "linear_regression", "logistic_regression", "self_distillation"):
-        p = problems.get(name)
+        p = catalog.get(name)
         assert max_curvature(p.grad, p.x0[None, :]) <= 1.01 * p.lambda_max, name
 
 
@@ -114,7 +114,7 @@ def test_max_curvature_measures_the_hessian_of_a_field():
                                   [0.1, float("inf")], [0.1, -0.05], [0.1, 0.0]])
 def test_degenerate_ladders_are_refused(etas):
     with pytest.raises(ValueError, match="etas must"):
-        weak_error(problems.quadratic(), etas, horizon=0.3)
+        weak_error(catalog.quadratic(), etas, horizon=0.3)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -124,12 +124,12 @@ def test_degenerate_ladders_are_refused(etas):
 ])
 def test_bad_measurement_parameters_are_refused_by_name(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        weak_error(problems.double_well(), [0.1, 0.05], **{"horizon": 1.0, **kwargs})
+        weak_error(catalog.double_well(), [0.1, 0.05], **{"horizon": 1.0, **kwargs})
 
 
 def test_a_ladder_of_strings_is_refused_by_name():
     with pytest.raises(ValueError, match="etas must be numbers"):
-        weak_error(problems.quadratic(), ["fast", "slow"], horizon=1.0)
+        weak_error(catalog.quadratic(), ["fast", "slow"], horizon=1.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,8 +180,8 @@ def test_a_user_test_function_and_a_user_sde_are_checked_once_up_front():
     with pytest.raises(ValueError, match=r"test_fn 'g' returned shape \(2, 3\), expected \(M,\)"):
         def g(x):
             return x * x
-        weak_error(problems.quadratic(), [0.1, 0.05], horizon=0.2, test_fn=g)
-    problem = problems.quadratic()
+        weak_error(catalog.quadratic(), [0.1, 0.05], horizon=0.2, test_fn=g)
+    problem = catalog.quadratic()
 
     def wrong_drift(eta):
         right = sme(problem, eta)

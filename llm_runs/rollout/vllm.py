@@ -38,7 +38,7 @@ from typing import Iterable, Iterator
 import torch
 
 from llm_runs.config import ConfigError
-from llm_runs.rollout import Rollout, Sampling
+from llm_runs.rollout.engine import Rollout, Sampling
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 

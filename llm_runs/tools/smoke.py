@@ -15,24 +15,25 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from llm_runs import tiny
 from llm_runs.config import load
+from llm_runs.metrics import STAGES
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "toy_science"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "toy_science"
 
 SHAPES = {
     # Qwen/Qwen3-8B's config.json: 8,190,735,360 parameters (counted in the tests); transformers' defaults differ
     "qwen3-8b": dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
                      rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False),
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=32, max_position_embeddings=4096, tie_word_embeddings=False),
+    "tiny": dict(vocab_size=tiny.VOCAB_SIZE, **tiny.SHAPE, max_position_embeddings=tiny.MAX_POSITIONS,
+                 tie_word_embeddings=False),
 }
 
 
 def write_shape(out: Path, shape: str, layers: int | None) -> Path:
     from transformers import Qwen3Config
 
-    from llm_runs import tiny
     from llm_runs.data import load_split
 
     corpus = [e.prompt for e in load_split(FIXTURES / "train.jsonl")]
@@ -74,7 +75,7 @@ def run(shape: str = "qwen3-8b", layers: int | None = None, steps: int = 3, engi
             "sequences_per_step": prompts * samples, "response_tokens": response_tokens,
             "peak_memory_gb": max(r["peak_memory_gb"] for r in rows),
             "tokens_per_s_generated": median("tokens_per_s_generated"), "tokens_per_s_trained": median("tokens_per_s_trained"),
-            **{f"seconds_{s}": median(f"seconds_{s}") for s in ("rollout", "reward", "teacher", "train", "weight_sync")},
+            **{f"seconds_{s}": median(f"seconds_{s}") for s in STAGES},
             "logprob_gap_mean": median("logprob_gap_mean"), "rho": rows[-1]["rho"], "loss": rows[-1]["loss"]}
 
 

@@ -2,7 +2,7 @@
 
 The same 10-d Ornstein–Uhlenbeck process dX = −AX dt + B dW (A = diag(0.5…2), B = 0.5·I),
 1000 steps of dt = 0.01 over ≥ 1000 paths, float64 on the CPU, by:
-- this engine (`sde_lab.euler_maruyama.em_step`, all paths at once, normals drawn per step);
+- this engine (`sde_lab.schemes.EULER_MARUYAMA.step`, all paths at once, normals drawn per step);
 - the bare cost of drawing the same normals in the same chunks (torch.randn): the floor;
 - sdeint's `itoEuler`, looped over paths, one call per path (sdeint has no batching);
 - torchsde's `sdeint(method="euler")` with `BrownianInterval(dt=h)`, batched, when torchsde is
@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from sde_lab.euler_maruyama import em_step
+from sde_lab.schemes import EULER_MARUYAMA
 from sde_lab.sme import SDEModel
 
 DIM, STEPS, DT = 10, 1000, 0.01
@@ -38,7 +38,7 @@ def engine(paths: int, device="cpu", seed=0) -> float:
     start = time.perf_counter()
     for _ in range(STEPS):
         dw = torch.randn(paths, DIM, generator=gen, dtype=torch.float64, device=device) * DT**0.5
-        y = em_step(model, y, DT, dw)
+        y = EULER_MARUYAMA.step(model, y, DT, dw)
     _sync(device)
     return time.perf_counter() - start
 

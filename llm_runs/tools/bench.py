@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 from llm_runs.config import load
+from llm_runs.metrics import STAGES
 from llm_runs.trainer import Trainer
-
-STAGES = ("rollout", "reward", "teacher", "train", "weight_sync")
 
 
 def measure(config_path: str, overrides: list[str], steps: int = 5, repeats: int = 5) -> dict:

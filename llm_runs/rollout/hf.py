@@ -1,53 +1,19 @@
-"""Rollout engines behind one small interface.
+"""transformers `generate` as a rollout engine (`llm_runs.rollout.engine`'s interface).
 
-    engine.generate(prompt_ids, n, sampling) → [Rollout] * (len(prompt_ids) · n), prompt-major
-    engine.update_weights(named_tensors)      push the trainer's weights
-    engine.sleep() / engine.wake()            release / reclaim memory around training (where supported)
-    engine.close()                            shut down (vLLM: before the process group goes)
-
-`hf` runs transformers `generate` on a model object. Colocated with the trainer it *is* the
-trainer's model, so pushing weights is a no-op and the sampler's log-probabilities differ from the
-trainer's only by batching arithmetic (the stale-weights detector then reads ~1e-6). `vllm` lives in
-`llm_runs.vllm_engine` (the `gpu` extra on CUDA, vLLM's CPU build in `.venv-vllm` on a CPU).
+Colocated with the trainer it *is* the trainer's model, so pushing weights is a no-op and the sampler's
+log-probabilities differ from the trainer's only by batching arithmetic (the stale-weights detector then
+reads ~1e-6).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable
 
 import torch
 
 from llm_runs import parallel
+from llm_runs.rollout.engine import Rollout, Sampling
 from llm_runs.tokens import left_pad, pad_id
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 8192
-    logprobs: bool = True  # return the sampler's log-probability of every sampled token
-
-
-@dataclass
-class Rollout:
-    prompt_index: int  # into the prompt_ids list
-    token_ids: list[int]  # the response, ending with EOS unless truncated
-    logprobs: list[float] | None  # the sampler's log π(y_t), len(token_ids)
-    finish_reason: str  # "stop" | "length"
-
-
-class RolloutEngine(Protocol):
-    def generate(self, prompt_ids: list[list[int]], n: int, sampling: Sampling) -> list[Rollout]: ...
-
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
-
-    def sleep(self) -> None: ...
-
-    def wake(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class HFEngine:

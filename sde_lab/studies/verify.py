@@ -18,12 +18,17 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
-from scipy import linalg
 from tqdm.auto import tqdm
 
 from pgpo import Multiplier
-from sde_lab import problems
+from sde_lab import catalog
+from sde_lab.fit import local_slope
+from sde_lab.oracles import stationary_spread
+from sde_lab.sme import models_and_orders
+from sde_lab.studies.settings import MINIBATCH, Q1D, SPREAD_HESSIAN, ladder
 from sde_lab.weak_error import weak_error
+
+MODELS = {m.label: m for m in models_and_orders()}  # every SDE with its claimed order: each is measured below
 
 
 @dataclass
@@ -47,15 +52,17 @@ class Claim:
     label: str
     measure: Callable[[bool], Row]  # quick → Row
     quick: bool = True  # part of the --quick run
+    model: str | None = None  # the label in `MODELS` whose claimed order it measures (None: not an order claim)
 
 
-def _ladder(first: int, last: int) -> list[float]:
-    return [2.0**-j for j in range(first, last + 1)]
-
-
-def _order_row(must_hold: bool, problem, etas, horizon, judge=None, **kwargs) -> Row:
-    """Measure one ladder; `judge(result) → (verdict, ok)` replaces the default order verdict."""
+def _order_row(must_hold: bool, problem, etas, horizon, judge=None, model: str | None = None, **kwargs) -> Row:
+    """Measure one ladder of the SDE `MODELS[model]` (its sme arguments, updated by `kwargs`) against its
+    claimed order; `judge(result) → (verdict, ok)` replaces the default order verdict."""
+    if model is not None:
+        kwargs = {**MODELS[model].kwargs, **kwargs}
     r = weak_error(problem, etas, horizon, **kwargs)
+    if model is not None and r.claimed_order != MODELS[model].order:
+        raise ValueError(f"{model}: the SDE claims order {r.claimed_order}, the table order {MODELS[model].order}")
     lo, hi = r.slope_ci
     claim = "no convergence" if r.claimed_order == 0 else f"order {r.claimed_order}"
     measured = f"{r.slope:.2f} [{lo:.2f}, {hi:.2f}]"
@@ -78,11 +85,9 @@ def _not_order_two(r) -> tuple[str, bool]:
     Its errors approach order 1 from above only on deep ladders (`docs/weak_order.md`), so the fitted slope
     over a short one is a mix; the finest local slope, with its own interval, is the sharper test.
     """
-    e, se, eta = r.errors[-2:], r.stderr[-2:], r.etas[-2:]
-    span = np.log(eta[0] / eta[1])
-    local = np.log(abs(e[0] / e[1])) / span
-    half = 1.96 * np.hypot(se[0] / abs(e[0]), se[1] / abs(e[1])) / span
-    where = f"local slope {local:.2f} ± {half:.2f} at η = {eta[1]:g}"
+    local, se = local_slope(r.etas, r.errors, r.stderr, -2, -1)
+    half = 1.96 * se
+    where = f"local slope {local:.2f} ± {half:.2f} at η = {r.etas[-1]:g}"
     if local + half < 1.7:
         return f"order 2 excluded ({where})", True
     if local - half > 1.7:
@@ -117,70 +122,64 @@ _kink.claim = "order 1 (2 if the kink is harmless?)"
 
 def _stationary_spread(quick: bool) -> Row:
     """Exact, on the quadratic with a constant ρ: SGD with step ηρ against both SDE forms."""
-    h = np.diag([0.5, 1.0, 2.0])
     eta, rho = 2.0**-6, 1.5
-    a = np.eye(3) - eta * rho * h
-    discrete = linalg.solve_discrete_lyapunov(a, (eta * rho) ** 2 * h @ h)
-    scaled = linalg.solve_continuous_lyapunov(-rho * h, -eta * rho**2 * h @ h)
-    paper = linalg.solve_continuous_lyapunov(-rho * h, -eta * h @ h)
-    r_scaled, r_paper = np.trace(discrete) / np.trace(scaled), np.trace(discrete) / np.trace(paper)
+    discrete, scaled, paper = stationary_spread(np.diag(SPREAD_HESSIAN), eta, rho)
+    r_scaled, r_paper = discrete / scaled, discrete / paper
     ok = abs(r_scaled - 1) < 0.05 and abs(r_paper / rho**2 - 1) < 0.05
     return Row("quadratic", f"PGPO ρ={rho:g} (constant)", "scaled | paper", "Var ratio → 1 | → ρ²",
                f"{r_scaled:.3f} | {r_paper:.3f} (ρ² = {rho**2:g})", "as claimed" if ok else "FAIL", ok, True)
 
 
+def _order_claim(label: str, model: str, problem: Callable, rungs: tuple[int, int], horizon: float,
+                 paths: int | None = None, deeper: bool = False, must_hold: bool = True, quick: bool = True,
+                 **kwargs) -> Claim:
+    """A claim on the order of `MODELS[model]`: problem() on ladder(*rungs) (one rung finer in the full mode
+    when `deeper`), `paths` paths in the quick mode and 4× in the full one; kwargs go to `_order_row`."""
+
+    def measure(q: bool) -> Row:
+        first, last = rungs
+        more = {} if paths is None else {"paths": paths if q else 4 * paths}
+        return _order_row(must_hold, problem(), ladder(first, last if q or not deeper else last + 1), horizon,
+                          model=model, **more, **kwargs)
+
+    return Claim(label, measure, quick, model)
+
+
 def claims() -> list[Claim]:
-    smooth, smooth4 = Multiplier(2.0, 2.0, form="smooth"), Multiplier(4.0, 2.0, form="smooth")
-    hard = Multiplier(2.0, 2.0, form="linear")
-    q1d = dict(hessian=(2.0,), x0=(1.5,), noise_scale=0.5)  # the 1-D PGPO quadratic of docs/weak_order.md
-    mb = dict(n=8, noise=2.0, dim=1)  # ρ(I_γ) and ∇ℓ_γ strongly correlated; 1-D, so the quantile coupling is tight
-
-    def paths(quick, n):
-        return n if quick else 4 * n
-
-    def ladder(quick, first, last, extra=1):
-        return _ladder(first, last if quick else last + extra)
-
+    smooth4 = Multiplier(4.0, 2.0, form="smooth")  # the paper rows' multiplier: a larger α, so the ρ² gap shows
+    q1d, mb = (lambda: catalog.quadratic(**Q1D)), (lambda: catalog.linear_regression(**MINIBATCH))
     return [
         # 1. SGD against its SMEs (exact oracles, then Monte Carlo)
-        Claim("quadratic SGD/SME-1", lambda q: _order_row(True, problems.quadratic(), _ladder(9, 14), 2.0)),
-        Claim("quadratic SGD/SME-2", lambda q: _order_row(True, problems.quadratic(), _ladder(4, 9), 2.0, order=2)),
-        Claim("random_hessian SGD/SME-1", lambda q: _order_row(True, problems.random_hessian(), _ladder(9, 14), 2.0)),
-        Claim("random_hessian SGD/SME-2", lambda q: _order_row(True, problems.random_hessian(), _ladder(4, 9), 2.0, order=2)),
-        Claim("logistic SGD/SME-1", lambda q: _order_row(
-            True, problems.logistic_regression(), ladder(q, 2, 6), 1.0, test_fn="norm2", paths=paths(q, 1000))),
-        Claim("self_distillation SGD/SME-1", lambda q: _order_row(
-            True, problems.self_distillation(), ladder(q, 2, 6), 1.0, test_fn="norm2", paths=paths(q, 1000), seed=1)),
+        _order_claim("quadratic SGD/SME-1", "SGD/SME", catalog.quadratic, (9, 14), 2.0),
+        _order_claim("quadratic SGD/SME-2", "SGD/SME-2", catalog.quadratic, (4, 9), 2.0),
+        _order_claim("random_hessian SGD/SME-1", "SGD/SME", catalog.random_hessian, (9, 14), 2.0),
+        _order_claim("random_hessian SGD/SME-2", "SGD/SME-2", catalog.random_hessian, (4, 9), 2.0),
+        _order_claim("logistic SGD/SME-1", "SGD/SME", catalog.logistic_regression, (2, 6), 1.0, paths=1000,
+                     deeper=True, test_fn="norm2"),
+        _order_claim("self_distillation SGD/SME-1", "SGD/SME", catalog.self_distillation, (2, 6), 1.0, paths=1000,
+                     deeper=True, test_fn="norm2", seed=1),
         # 2. PGPO with a state signal: both order-1 forms; order 2 only for the scaled form
-        Claim("logistic PGPO/scaled", lambda q: _order_row(
-            True, problems.logistic_regression(), ladder(q, 2, 6), 1.0, multiplier=smooth, test_fn="norm2",
-            paths=paths(q, 1000))),
-        Claim("self_distillation PGPO/scaled", lambda q: _order_row(
-            True, problems.self_distillation(), ladder(q, 2, 6), 1.0, multiplier=smooth, test_fn="norm2",
-            paths=paths(q, 1000), seed=1)),
-        Claim("logistic x2 PGPO/paper", lambda q: _order_row(
-            True, problems.logistic_regression(feature_scale=2.0), _ladder(3, 6), 1.0, multiplier=smooth4, sde="paper",
-            test_fn="norm2", paths=paths(q, 2000), seed=2)),
-        Claim("self_distillation PGPO/paper", lambda q: _order_row(
-            True, problems.self_distillation(), _ladder(2, 5), 1.0, multiplier=smooth4, sde="paper", test_fn="norm2",
-            paths=24000, seed=2), quick=False),
-        Claim("quadratic-1d PGPO/scaled-2", lambda q: _order_row(
-            True, problems.quadratic(**q1d), _ladder(2, 6), 1.0, multiplier=smooth, order=2, test_fn="norm2",
-            paths=paths(q, 4000))),
-        Claim("quadratic-1d PGPO/paper-2", lambda q: _order_row(
-            True, problems.quadratic(**q1d), _ladder(2, 6), 1.0, judge=_not_order_two, multiplier=smooth,
-            sde="paper", order=2, test_fn="norm2", paths=paths(q, 4000))),
+        _order_claim("logistic PGPO/scaled", "PGPO[state]/SME[scaled]", catalog.logistic_regression, (2, 6), 1.0,
+                     paths=1000, deeper=True, test_fn="norm2"),
+        _order_claim("self_distillation PGPO/scaled", "PGPO[state]/SME[scaled]", catalog.self_distillation, (2, 6),
+                     1.0, paths=1000, deeper=True, test_fn="norm2", seed=1),
+        _order_claim("logistic x2 PGPO/paper", "PGPO[state]/SME[paper]",
+                     lambda: catalog.logistic_regression(feature_scale=2.0), (3, 6), 1.0, paths=2000,
+                     multiplier=smooth4, test_fn="norm2", seed=2),
+        _order_claim("self_distillation PGPO/paper", "PGPO[state]/SME[paper]", catalog.self_distillation, (2, 5),
+                     1.0, paths=6000, quick=False, multiplier=smooth4, test_fn="norm2", seed=2),  # 24 000 paths
+        _order_claim("quadratic-1d PGPO/scaled-2", "PGPO[state]/SME[scaled]-2", q1d, (2, 6), 1.0, paths=4000,
+                     test_fn="norm2"),
+        _order_claim("quadratic-1d PGPO/paper-2", "PGPO[state]/SME[paper]-2", q1d, (2, 6), 1.0, paths=4000,
+                     judge=_not_order_two, test_fn="norm2"),
         # 4. the hard cap's kink against the order-2 SDE: a measurement, not a claim
-        Claim("quadratic-1d PGPO hard cap/scaled-2", lambda q: _order_row(
-            False, problems.quadratic(**q1d), _ladder(2, 6), 1.0, judge=_kink, multiplier=hard, order=2, test_fn="norm2",
-            paths=paths(q, 2000))),
+        _order_claim("quadratic-1d PGPO hard cap/scaled-2", "PGPO[state]/SME[scaled]-2 (kinked ρ)", q1d, (2, 6), 1.0,
+                     paths=2000, must_hold=False, judge=_kink, test_fn="norm2"),
         # 3. a mini-batch signal: the naive drift leaves an O(1) error; the correct one converges
-        Claim("linear_regression PGPO[minibatch]/naive", lambda q: _order_row(
-            True, problems.linear_regression(**mb), _ladder(2, 6), 2.0, multiplier=smooth, signal="minibatch",
-            drift="naive", test_fn="norm2", paths=paths(q, 1000))),
-        Claim("linear_regression PGPO[minibatch]/correct", lambda q: _order_row(
-            True, problems.linear_regression(**mb), _ladder(2, 6), 2.0, judge=_converges, multiplier=smooth,
-            signal="minibatch", drift="correct", test_fn="norm2", paths=paths(q, 2000))),
+        _order_claim("linear_regression PGPO[minibatch]/naive", "PGPO[minibatch]/SME[naive drift]", mb, (2, 6), 2.0,
+                     paths=1000, test_fn="norm2"),
+        _order_claim("linear_regression PGPO[minibatch]/correct", "PGPO[minibatch]/SME[correct drift]", mb, (2, 6),
+                     2.0, paths=2000, judge=_converges, test_fn="norm2"),
         # 5. stationary spread
         Claim("quadratic stationary spread", _stationary_spread),
     ]

@@ -107,7 +107,7 @@ def _in_subprocess(case: Case) -> dict:
     # a fixed mmap threshold: freed buffers go back to the system at once, so the resident peak counts what
     # was alive, not what glibc's heap kept after its dynamic threshold moved (it varies with thread timing)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
-    done = subprocess.run([sys.executable, "-m", "llm_runs.bench_loss", json.dumps(asdict(case))],
+    done = subprocess.run([sys.executable, "-m", "llm_runs.tools.bench_loss", json.dumps(asdict(case))],
                           capture_output=True, text=True, env=env)
     if done.returncode != 0:
         killed = done.returncode in (-9, 137)

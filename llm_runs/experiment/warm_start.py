@@ -29,8 +29,9 @@ from tqdm.auto import trange
 from llm_runs.config import RunConfig
 from llm_runs.data import Example, answer_text, messages, render
 from llm_runs.evaluate import evaluate
+from llm_runs.experiment.config import DemoConfig
 from llm_runs.tokens import left_pad, pad_id
-from llm_runs.trainer import DTYPES, load_examples, load_model, model_source, resolve_device, seed_everything
+from llm_runs.build import DTYPES, load_examples, load_model, model_source, resolve_device, seed_everything
 
 
 def letters_of(example: Example) -> str:
@@ -76,8 +77,9 @@ def draw(train: list[Example], count: int, rng: np.random.Generator, guided_frac
     return out
 
 
-def warm_start(config: RunConfig, out: str | Path, progress: bool = True) -> dict:
-    """Train the warm start into `out` (config.yaml, base_model/, final/, warm_start.json); returns the record."""
+def warm_start(config: DemoConfig, out: str | Path, progress: bool = True) -> dict:
+    """Train the warm start into `out` (config.yaml, base_model/, final/, warm_start.json); returns the record.
+    `config.warm_start` holds its settings (`load(path, overrides, schema=DemoConfig)`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     w, template, thinking = config.warm_start, config.data.template, config.model.enable_thinking

@@ -15,14 +15,15 @@ from typing import Callable
 
 import numpy as np
 import torch
-from scipy import linalg
 from tqdm.auto import tqdm
 
 from pgpo import PAPER_STYLE, Multiplier
-from sde_lab import problems
+from sde_lab import catalog
 from sde_lab.density import sde_law
 from sde_lab.discrete import DiscreteProcess
-from sde_lab.sme import sme
+from sde_lab.oracles import stationary_spread
+from sde_lab.sme import KINKED, SMOOTH, sme
+from sde_lab.studies.settings import MINIBATCH, Q1D, SPREAD_HESSIAN, ladder
 from sde_lab.weak_error import weak_error
 
 
@@ -73,11 +74,11 @@ def _multiplier_draw(data: dict):
 
 
 def _exact_orders_data(quick: bool) -> dict:
-    etas = [2.0**-j for j in range(2, 13 if quick else 15)]
+    etas = ladder(2, 12 if quick else 14)
     panels = []
     for name in ("quadratic", "random_hessian"):
         for order in (1, 2):
-            r = weak_error(problems.get(name), etas, 2.0, order=order)
+            r = weak_error(catalog.get(name), etas, 2.0, order=order)
             panels.append({"problem": name, "order": order, "etas": r.etas.tolist(), "errors": r.errors.tolist(),
                            "slope": r.slope, "slope_ci": list(r.slope_ci),
                            "used": [float(r.etas[i]) for i in r.slope_fit.used]})
@@ -172,19 +173,18 @@ PANELS = [  # (problem, its keyword arguments, horizon, test function)
     ("self_distillation", {}, 1.0, "norm2"),
     ("double_well", {}, 1.0, "norm2"),
 ]
-PROCESSES = [("SGD", None, "scaled"), ("PGPO, scaled SDE", "smooth", "scaled"), ("PGPO, paper's SDE", "smooth", "paper")]
+PROCESSES = [("SGD", None, "scaled"), ("PGPO, scaled SDE", SMOOTH, "scaled"), ("PGPO, paper's SDE", SMOOTH, "paper")]
 
 
 def _weak_error_data(quick: bool) -> dict:
     paths = 300 if quick else 4000
     panels = []
     for name, kwargs, horizon, test_fn in tqdm(PANELS, desc="weak error panels", leave=False):
-        problem = problems.get(name, **kwargs)
+        problem = catalog.get(name, **kwargs)
         first = 2 if problem.lambda_max is None else max(2, int(np.ceil(np.log2(2.0 * 2.0 * problem.lambda_max))))
-        etas = [2.0**-j for j in range(first, first + (4 if quick else 5))]  # the finest rung costs most
+        etas = ladder(first, first + (3 if quick else 4))  # the finest rung costs most
         series = []
-        for label, form, sde in PROCESSES:
-            multiplier = None if form is None else Multiplier(2.0, 2.0, form=form)
+        for label, multiplier, sde in PROCESSES:
             r = weak_error(problem, etas, horizon, multiplier=multiplier, sde=sde, test_fn=test_fn, paths=paths,
                            seed=7, reference="em")
             series.append(_series(r, label))
@@ -221,16 +221,12 @@ def _weak_error_draw(data: dict):
 # ---------------------------------------------------------------------------------------------
 # order 2: SGD and PGPO against the order-2 SME; the paper's diffusion cannot reach it
 
-Q1D = dict(hessian=(2.0,), x0=(1.5,), noise_scale=0.5)  # the 1-D PGPO quadratic of docs/weak_order.md
-
-
 def _order_two_data(quick: bool) -> dict:
-    problem = problems.quadratic(**Q1D)
-    etas = [2.0**-j for j in range(2, 6 if quick else 8)]
+    problem = catalog.quadratic(**Q1D)
+    etas = ladder(2, 5 if quick else 7)
     paths = 2000 if quick else 16000
-    smooth = Multiplier(2.0, 2.0, form="smooth")
-    runs = [("SGD vs SME-2", None, "scaled", 2), ("PGPO vs SME-1 (scaled)", smooth, "scaled", 1),
-            ("PGPO vs SME-2 (scaled)", smooth, "scaled", 2), ("PGPO vs SME-2 drift, paper's diffusion", smooth, "paper", 2)]
+    runs = [("SGD vs SME-2", None, "scaled", 2), ("PGPO vs SME-1 (scaled)", SMOOTH, "scaled", 1),
+            ("PGPO vs SME-2 (scaled)", SMOOTH, "scaled", 2), ("PGPO vs SME-2 drift, paper's diffusion", SMOOTH, "paper", 2)]
     series = []
     for label, multiplier, sde, order in tqdm(runs, desc="order-2 ladders", leave=False):
         r = weak_error(problem, etas, 1.0, multiplier=multiplier, sde=sde, order=order, test_fn="norm2",
@@ -254,18 +250,14 @@ def _order_two_draw(data: dict):
 # ---------------------------------------------------------------------------------------------
 # a mini-batch signal: the naive drift plateaus, the correct one converges
 
-MINIBATCH = dict(n=8, noise=2.0, dim=1)  # ρ(I_γ) and ∇ℓ_γ strongly correlated
-
-
 def _minibatch_data(quick: bool) -> dict:
-    problem = problems.linear_regression(**MINIBATCH)
-    etas = [2.0**-j for j in range(2, 7)]
+    problem = catalog.linear_regression(**MINIBATCH)
+    etas = ladder(2, 6)
     paths = 1000 if quick else 4000
-    smooth = Multiplier(2.0, 2.0, form="smooth")
     series = []
     for drift, label in tqdm([("naive", "naive drift ρ(I(x))∇L"), ("correct", "correct drift E[ρ(I_γ)∇ℓ_γ]")],
                              desc="mini-batch ladders", leave=False):
-        r = weak_error(problem, etas, 2.0, multiplier=smooth, signal="minibatch", drift=drift, test_fn="norm2",
+        r = weak_error(problem, etas, 2.0, multiplier=SMOOTH, signal="minibatch", drift=drift, test_fn="norm2",
                        paths=paths, seed=4)
         series.append(_series(r, label))
     return {"problem": "1-D linear regression, n = 8, label noise 2", "horizon": 2.0, "test_fn": "|x|²",
@@ -288,10 +280,10 @@ def _minibatch_draw(data: dict):
 
 
 def _caps_data(quick: bool) -> dict:
-    problem = problems.quadratic(**Q1D)
-    etas = [2.0**-j for j in range(2, 6 if quick else 8)]
+    problem = catalog.quadratic(**Q1D)
+    etas = ladder(2, 5 if quick else 7)
     paths = 1000 if quick else 8000
-    caps = {"hard": Multiplier(2.0, 2.0, form="linear"), "smooth": Multiplier(2.0, 2.0, form="smooth")}
+    caps = {"hard": KINKED, "smooth": SMOOTH}
     series = []
     for (cap, multiplier), order in tqdm([(c, o) for c in caps.items() for o in (1, 2)], desc="cap ladders", leave=False):
         r = weak_error(problem, etas, 1.0, multiplier=multiplier, order=order, test_fn="norm2", paths=paths, seed=5,
@@ -326,15 +318,14 @@ def _caps_draw(data: dict):
 
 
 def _density_data(quick: bool) -> dict:
-    problem = problems.double_well(sigma=2.0)
+    problem = catalog.double_well(sigma=2.0)
     horizon, paths, cells = 2.0, (20_000 if quick else 400_000), (500 if quick else 1400)
     lo, hi, bins = -3.5, 3.5, 140
-    smooth = Multiplier(2.0, 2.0, form="smooth")
     edges = np.linspace(lo, hi, bins + 1)
     panels = []
     etas = [2.0**-3, 2.0**-5, 2.0**-7]
     for j, eta in enumerate(tqdm(etas, desc="double-well densities", leave=False)):
-        for process, multiplier, forms in (("SGD", None, ("scaled",)), ("PGPO", smooth, ("scaled", "paper"))):
+        for process, multiplier, kinds in (("SGD", None, ("scaled",)), ("PGPO", SMOOTH, ("scaled", "paper"))):
             gen = torch.Generator().manual_seed(6000 + j)
             x = problem.x0.expand(paths, -1).clone()
             step = DiscreteProcess(problem, eta, multiplier)
@@ -344,10 +335,10 @@ def _density_data(quick: bool) -> dict:
             kept = x[np.isfinite(x) & (x > lo) & (x < hi)]
             hist = np.histogram(kept, edges, density=False)[0] / (paths * (edges[1] - edges[0]))
             sdes = {}
-            for form in forms:
-                centres, p = sde_law(sme(problem, eta, multiplier, form), float(problem.x0[0]), horizon, lo, hi, cells)
+            for sde in kinds:
+                centres, p = sde_law(sme(problem, eta, multiplier, sde), float(problem.x0[0]), horizon, lo, hi, cells)
                 binned = np.interp(0.5 * (edges[1:] + edges[:-1]), centres, p)
-                sdes[form] = {"x": centres.tolist(), "density": p.tolist(),
+                sdes[sde] = {"x": centres.tolist(), "density": p.tolist(),
                               "tv": 0.5 * float(np.abs(hist - binned).sum() * (edges[1] - edges[0]))}
             panels.append({"eta": eta, "process": process, "histogram": hist.tolist(), "outside": int(paths - len(kept)),
                            "sdes": sdes})
@@ -366,8 +357,8 @@ def _density_draw(data: dict):
         ax = axes[0 if panel["process"] == "SGD" else 1, etas.index(panel["eta"])]
         ax.stairs(panel["histogram"], edges, fill=True, color="C0", alpha=0.35,
                   label=f"{panel['process']} iterates" + (f" ({panel['outside']} outside)" if panel["outside"] else ""))
-        for form, sde in panel["sdes"].items():
-            style, color, name = styles[form]
+        for kind, sde in panel["sdes"].items():
+            style, color, name = styles[kind]
             ax.plot(sde["x"], sde["density"], style, color=color, lw=1, label=f"{name}: TV {sde['tv']:.3f}")
         ax.set_title(f"{panel['process']}, η = $2^{{{round(np.log2(panel['eta']))}}}$", fontsize=7.5)
         ax.legend(fontsize=5.5, loc="upper left", framealpha=0.85)
@@ -388,17 +379,12 @@ def _density_draw(data: dict):
 
 
 def _spread_data(quick: bool) -> dict:
-    h = np.diag([0.5, 1.0, 2.0])
-    etas = [2.0**-j for j in range(2, 9)]
     rows = []
     for rho in (1.0, 1.5, 2.0):
-        for eta in etas:
-            a = np.eye(3) - eta * rho * h
-            discrete = np.trace(linalg.solve_discrete_lyapunov(a, (eta * rho) ** 2 * h @ h))
-            scaled = np.trace(linalg.solve_continuous_lyapunov(-rho * h, -eta * rho**2 * h @ h))
-            paper = np.trace(linalg.solve_continuous_lyapunov(-rho * h, -eta * h @ h))
+        for eta in ladder(2, 8):
+            discrete, scaled, paper = stationary_spread(np.diag(SPREAD_HESSIAN), eta, rho)
             rows.append({"rho": rho, "eta": eta, "discrete": discrete, "scaled": scaled, "paper": paper})
-    return {"hessian": [0.5, 1.0, 2.0], "rows": rows}
+    return {"hessian": list(SPREAD_HESSIAN), "rows": rows}
 
 
 def _spread_draw(data: dict):

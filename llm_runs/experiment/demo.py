@@ -1,7 +1,7 @@
 """`python -m llm_runs demo [--quick]`: does the loop learn? SDPO against PGPO on a CPU, in minutes.
 
-1. data: `llm_runs.synthetic` ("largest of four values", seed 0) written to `<out>/data`;
-2. warm start (`llm_runs.warm_start`) to `<out>/warm_start/final`, reused when its settings match;
+1. data: `llm_runs.experiment.synthetic` ("largest of four values", seed 0) written to `<out>/data`;
+2. warm start (`llm_runs.experiment.warm_start`) to `<out>/warm_start/final`, reused when its settings match;
 3. for every seed and method, a run from that checkpoint with that seed (`Trainer`, the code path of the
    Qwen3-8B configs; only the config differs): held-out mean@k every `train.eval_every` steps, the
    warm start's own held-out mean@k as step 0. A finished run is reused, an interrupted one resumed;
@@ -22,9 +22,11 @@ import torch
 import yaml
 
 from llm_runs.config import from_dict, load
-from llm_runs.synthetic import write_splits
+from llm_runs.experiment.config import DemoConfig
+from llm_runs.experiment.synthetic import write_splits
+from llm_runs.metrics import STAGES
 
-CONFIG = Path(__file__).resolve().parent / "configs" / "demo_cpu.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml"
 TASK = {"kind": "largest", "low": 0, "high": 30, "train": 2000, "test": 200, "seed": 0}
 METHODS = {"SDPO": ["pgpo.enabled=false"],
            "PGPO α=0.5": ["pgpo.enabled=true", "pgpo.alpha=0.5"],
@@ -45,9 +47,9 @@ def _slug(method: str) -> str:
 
 def warm_start_checkpoint(out: Path, overrides: list[str], progress: bool = True) -> tuple[Path, dict]:
     """The warm start's export, trained unless `<out>/warm_start` already holds one with the same settings."""
-    from llm_runs.warm_start import warm_start
+    from llm_runs.experiment.warm_start import warm_start
 
-    config = load(CONFIG, overrides)
+    config = load(CONFIG, overrides, schema=DemoConfig)
     record_path = out / "warm_start" / "warm_start.json"
     if record_path.exists():
         record = json.loads(record_path.read_text())
@@ -84,7 +86,7 @@ def step_zero(checkpoint: Path, overrides: list[str], seeds) -> dict[int, float]
     """Held-out mean@k of the warm start for each seed, with the seed the runs' validation uses at step 0."""
     from llm_runs.data import load_split
     from llm_runs.evaluate import evaluate
-    from llm_runs.trainer import DTYPES, load_model, resolve_device
+    from llm_runs.build import DTYPES, load_model, resolve_device
 
     config = load(CONFIG, overrides)
     model, tokenizer = load_model(str(checkpoint), DTYPES[config.model.dtype], resolve_device(config.train.device))
@@ -103,9 +105,7 @@ def collect(run_dir: Path, start: float) -> dict:
     evals = [(r["step"], r["val_mean_at_k"]) for r in rows if "val_mean_at_k" in r]
     return {"steps": [r["step"] for r in rows], **{k: [r[k] for r in rows] for k in SERIES},
             "eval_steps": [0] + [s for s, _ in evals], "eval": [start] + [v for _, v in evals],
-            "seconds": sum(r.get("seconds_rollout", 0) + r.get("seconds_reward", 0) + r.get("seconds_teacher", 0)
-                           + r.get("seconds_train", 0) + r.get("seconds_weight_sync", 0) + r.get("seconds_eval", 0)
-                           for r in rows)}
+            "seconds": sum(r.get(f"seconds_{s}", 0) for r in rows for s in (*STAGES, "eval"))}
 
 
 def crossing(steps: list, values: list, level: float = 0.5) -> float | None:
@@ -210,7 +210,7 @@ def run(out: str | Path = "runs/demo", quick: bool = False, seeds=None, methods=
     train_path, test_path = write_splits(out / "data", **TASK)
     overrides = [f"data.train={train_path}", f"data.test={test_path}", *overrides]
     checkpoint, record = warm_start_checkpoint(out, overrides, progress)
-    config = load(CONFIG, overrides)
+    config = load(CONFIG, overrides, schema=DemoConfig)
     runs: dict[str, list] = {m: [] for m in methods}
     zero = step_zero(checkpoint, overrides, seeds)
     for seed in seeds:  # seed-major: a stopped full run already holds every method for the first seeds

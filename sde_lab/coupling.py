@@ -1,15 +1,13 @@
-"""Euler–Maruyama, and the coupled simulation of a discrete process against its SDE.
+"""The coupled simulation of a discrete process against its SDE (common random numbers).
 
-    Y_{n+1} = Y_n + b(Y_n) dt + σ(Y_n) ΔW_n,    ΔW_n ~ N(0, dt·I_m)          (weak order 1)
+A reference for E g(X_T) at a fixed η solves the SDE at dt = η/2^r with a scheme (`sde_lab.schemes`,
+Euler–Maruyama by default) and extrapolates in dt (Richardson, weighted by the scheme's weak order,
+removes the leading O(dt^p) bias). It must never use dt = η: SGD with Gaussian noise *is* Euler–Maruyama
+of its SME at dt = η, so that reference measures zero error by construction.
 
-A reference for E g(X_T) at a fixed η solves the SDE at dt = η/2^r and extrapolates in dt
-(Richardson: 2·E g(Y^{dt}) − E g(Y^{2dt}) removes the O(dt) bias). It must never use dt = η: SGD
-with Gaussian noise *is* Euler–Maruyama of its SME at dt = η, so that reference measures zero error
-by construction.
-
-Coupling (common random numbers): the fine increments drive the reference; their pairwise sums drive
-the 2dt solve; their sum over one coarse step, −ΣΔW/√η, is the discrete process's standard normal
-z_k. The difference g(x_K) − g(Y_T) then has a far smaller variance than either term.
+Coupling: the fine increments drive the reference; their pairwise sums drive the 2dt solve; their sum
+over one coarse step, −ΣΔW/√η, is the discrete process's standard normal z_k. The difference
+g(x_K) − g(Y_T) then has a far smaller variance than either term.
 """
 
 from __future__ import annotations
@@ -19,24 +17,20 @@ import math
 import torch
 
 from sde_lab.discrete import DiscreteProcess
-from sde_lab.problem import apply_noise
+from sde_lab.schemes import EULER_MARUYAMA
 from sde_lab.sme import SDEModel
-
-
-def em_step(model: SDEModel, y: torch.Tensor, dt: float, dw: torch.Tensor) -> torch.Tensor:
-    """One Euler–Maruyama step: y (M, d), increments dw (M, m) → (M, d)."""
-    return y + model.drift(y) * dt + apply_noise(model.diffusion(y), dw)
 
 
 def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: int, refine: int = 4,
                   richardson: bool = True, gen: torch.Generator | None = None, device="cpu",
                   dtype=torch.float64, coupled: bool = True, every: int | None = None,
-                  observe=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                  observe=None, scheme=EULER_MARUYAMA) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run `paths` paths of the discrete process for `steps` steps of η and of the SDE to T = steps·η.
 
-    Returns (x_K, Y_T at dt = η/2^refine, Y_T at 2dt or None without Richardson), each (M, d).
-    The discrete process is driven by the reference's own increments when it can be (Gaussian
-    noise, or real mini-batches of a problem that enumerates them: a quantile coupling) and
+    Returns (x_K, Y_T at dt = η/2^refine, Y_T at 2dt or None without Richardson), each (M, d), the SDE
+    solved by `scheme` (its `step(model, y, dt, dw)`; extrapolate with `schemes.richardson` at its
+    `weak_order`). The discrete process is driven by the reference's own increments when it can be
+    (Gaussian noise, or real mini-batches of a problem that enumerates them: a quantile coupling) and
     `coupled` is True; otherwise the two are independent. With `every` and `observe`,
     observe(x, y, y_coarse) is called after every `every`-th step (the checkpoints).
     """
@@ -52,13 +46,13 @@ def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: 
     coupled = coupled and process.couples
     noise_dim = process.problem.noise_dim()
     for k in range(1, steps + 1):
-        dw = torch.randn(sub, paths, model.noise_dim, generator=gen, device=device, dtype=dtype) * scale
+        dw = torch.randn(sub, paths, model.noise_dim, generator=gen, device=device, dtype=dtype) * scale  # (2^r, M, m)
         for j in range(sub):
-            y = em_step(model, y, dt, dw[j])
+            y = scheme.step(model, y, dt, dw[j])
         if richardson:
             pairs = dw[0::2] + dw[1::2]
             for j in range(sub // 2):
-                y_coarse = em_step(model, y_coarse, 2 * dt, pairs[j])
+                y_coarse = scheme.step(model, y_coarse, 2 * dt, pairs[j])
         if coupled:
             x = process.step(x, z=-dw.sum(dim=0) / math.sqrt(eta))
         elif process.noise == "gaussian":  # independent normals of its own

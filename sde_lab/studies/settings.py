@@ -1,0 +1,12 @@
+"""What the studies share: the settings of docs/weak_order.md's problems, and the ladders of learning rates."""
+
+from __future__ import annotations
+
+Q1D = dict(hessian=(2.0,), x0=(1.5,), noise_scale=0.5)  # the 1-D PGPO quadratic of docs/weak_order.md
+MINIBATCH = dict(n=8, noise=2.0, dim=1)  # ρ(I_γ) and ∇ℓ_γ strongly correlated; 1-D, so the quantile coupling is tight
+SPREAD_HESSIAN = (0.5, 1.0, 2.0)  # the stationary spread's quadratic (the diagonal of H)
+
+
+def ladder(first: int, last: int) -> list[float]:
+    """η = 2^-first, …, 2^-last, coarsest first."""
+    return [2.0**-j for j in range(first, last + 1)]

@@ -1,0 +1,88 @@
+"""The layout the README draws is the tree, and the import boundaries it promises hold."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("pgpo", "sde_lab", "llm_runs")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth (lazy imports inside functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def modules_of(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.py") if "fixtures" not in p.parts)
+
+
+@pytest.mark.parametrize(("package", "other"), [("llm_runs", "sde_lab"), ("sde_lab", "llm_runs"),
+                                                ("pgpo", "llm_runs"), ("pgpo", "sde_lab")])
+def test_the_halves_share_only_pgpo(package, other):
+    offenders = [str(p.relative_to(ROOT)) for p in modules_of(ROOT / package)
+                 if any(m == other or m.startswith(other + ".") for m in imported_modules(p))]
+    assert not offenders, f"{offenders} import {other}"
+
+
+def test_the_trainer_core_never_imports_the_experiment_or_the_tools():
+    core = [p for p in modules_of(ROOT / "llm_runs") if not {"experiment", "tools"} & set(p.parts)
+            and p.name != "__main__.py"]  # the command line dispatches to all of them
+    assert len(core) > 10
+    offenders = {str(p.relative_to(ROOT)): sorted(m for m in imported_modules(p)
+                                                   if m.startswith(("llm_runs.experiment", "llm_runs.tools")))
+                 for p in core}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_the_sde_lab_library_never_imports_its_studies():
+    library = [p for p in modules_of(ROOT / "sde_lab") if "studies" not in p.parts and p.name != "__main__.py"]
+    assert len(library) > 8
+    offenders = [str(p.relative_to(ROOT)) for p in library
+                 if any(m.startswith("sde_lab.studies") for m in imported_modules(p))]
+    assert not offenders
+
+
+def layout_rows() -> dict[str, str]:
+    """{path: description} from the README's "Layout" table."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`") and cells[0] != "path":
+            rows[cells[0].split("`")[1]] = "|".join(cells[1:])
+    return rows
+
+
+def test_the_readme_layout_table_names_every_module_and_only_real_ones():
+    rows = layout_rows()
+    folders = [p for p in rows if p.endswith("/") and p.split("/")[0] in PACKAGES]
+    assert {"pgpo/", "sde_lab/", "llm_runs/"} <= set(folders)
+    for folder in folders:
+        named = set(re.findall(r"`([\w/]+\.py)`", rows[folder]))
+        real = {p.name for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py"}
+        assert named == real, f"{folder}: the table names {sorted(named - real)} that are not there, " \
+                              f"and misses {sorted(real - named)}"
+        sub = {p.name + "/" for p in (ROOT / folder).iterdir() if (p / "__init__.py").exists()}
+        for s in sub:
+            assert folder + s in rows, f"the layout table has no row for {folder + s}"
+    for path in rows:
+        if "/" in path or "." in path:
+            assert (ROOT / path.rstrip("/")).exists() or "," in path, f"{path} is in the layout table, not in the tree"
+
+
+def test_tests_mirror_the_packages():
+    for package in PACKAGES:
+        assert list((ROOT / "tests" / package).glob("test_*.py")), f"tests/{package}/ holds no tests"
+    loose = [p.name for p in (ROOT / "tests").glob("test_*.py")]
+    assert set(loose) <= {"test_layout.py", "test_notebooks.py"}, loose
