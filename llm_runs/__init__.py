@@ -17,3 +17,12 @@ The trainer's core (this folder; it imports nothing from `experiment` or `tools`
 Around it: `experiment/` (the CPU experiment: synthetic task, warm start, SDPO vs PGPO demo) and `tools/`
 (the real shape with random weights, timings per stage, the loss's benchmark).
 """
+
+from importlib.util import find_spec
+
+# `pgpo` installs with torch and numpy alone; this package needs its extra too
+_MISSING = [m for m in ("transformers", "tokenizers", "tqdm", "yaml", "safetensors") if find_spec(m) is None]
+if _MISSING:
+    raise ImportError(f"llm_runs needs {', '.join(_MISSING)}: pip install 'pgpo-toolkit[llm]' (from a clone: "
+                      f"pip install -e '.[llm]'; everything: '.[all]')")
+

@@ -17,12 +17,13 @@ from pgpo.distributed import all_reduce_information, global_information
 from pgpo.divergence import generalized_jsd, kl
 from pgpo.information import information
 from pgpo.multiplier import Multiplier
-from pgpo.optimizer import modulated_step
+from pgpo.optimizer import modulated_step, step_method
 
 __all__ = [
     "Multiplier",
     "information",
     "modulated_step",
+    "step_method",
     "all_reduce_information",
     "global_information",
     "kl",

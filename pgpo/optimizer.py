@@ -18,11 +18,17 @@ Two ways to get there, both exact up to floating-point rounding of the update:
   copy of the parameters in memory; the optimizer itself runs unmodified, so its state is exactly the
   unmodulated one.
 
-"auto" (default) picks "lr" for the built-in optimizers known to be linear in lr and "delta" otherwise.
+"auto" (default) picks "lr" for the torch optimizers known to be linear in lr, and for their subclasses that
+keep the base class's `step`, and "delta" otherwise. `step_method` says which one runs. Wrappers that hold the
+real optimizer (accelerate's `AcceleratedOptimizer`, Lightning's `LightningOptimizer`: `.optimizer` or
+`._optimizer`) are looked through to pick the method, and their own `step` still runs (it may skip a step
+during gradient accumulation, or unscale gradients). DeepSpeed steps its optimizer inside `engine.step()`,
+out of reach of any wrapper: refused, with the reason.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 
@@ -41,31 +47,76 @@ _LINEAR_IN_LR = tuple(
 METHODS = ("auto", "lr", "delta")
 
 
-def modulated_step(optimizer: torch.optim.Optimizer, rho, closure=None, method: str = "auto"):
+def modulated_step(optimizer: torch.optim.Optimizer, rho, closure=None, method: str = "auto",
+                   return_method: bool = False):
     """Run `optimizer.step(closure)` so that the parameter update is ρ times the plain one.
 
     Args:
-        optimizer: any torch optimizer (or an object exposing `step` and `param_groups`).
+        optimizer: any torch optimizer (or an object exposing `step` and `param_groups`), possibly wrapped
+            (accelerate, Lightning: see the module docstring).
         rho: the multiplier ρ ≥ 0, a Python number or a one-element tensor or numpy array (read once with `.item()`).
         closure: passed on to `optimizer.step`.
-        method: "auto", "lr" or "delta" (see the module docstring).
+        method: "auto", or the one the caller requires: "lr" (refused for an optimizer not known to be linear
+            in lr, where it would be silently wrong) or "delta" (any optimizer).
+        return_method: also return the method that ran ("lr" or "delta"; at ρ = 1 the plain step runs, which
+            both methods reduce to).
 
-    Returns what `optimizer.step` returns. ρ = 1 is exactly `optimizer.step(closure)`, bit for bit.
-    Learning rates are restored even if the step raises, so LR schedulers keep working.
+    Returns what `optimizer.step` returns (with the method, if asked). ρ = 1 is exactly
+    `optimizer.step(closure)`, bit for bit. Learning rates are restored even if the step raises, so LR
+    schedulers keep working.
     """
     rho = _check_rho(rho)
     if not callable(getattr(optimizer, "step", None)) or not isinstance(getattr(optimizer, "param_groups", None), list):
         raise TypeError(f"optimizer must be a torch optimizer (an object with step() and a param_groups list), "
                         f"got {type(optimizer).__name__}")
+    chosen = step_method(optimizer, method)
+    if rho == 1.0:
+        result = _step(optimizer, closure)
+    elif chosen == "lr":
+        result = _step_with_scaled_lr(optimizer, rho, closure)
+    else:
+        result = _step_extrapolated(optimizer, rho, closure)
+    return (result, chosen) if return_method else result
+
+
+def step_method(optimizer, method: str = "auto") -> str:
+    """The method `modulated_step(optimizer, ρ, method=method)` runs: "lr" or "delta" (see the module docstring).
+    Raises for an unknown method, for "lr" on an optimizer not known to be linear in lr, and for DeepSpeed."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if rho == 1.0:
-        return _step(optimizer, closure)
+    inner = unwrap(optimizer)
+    if any(type(x).__module__.split(".")[0] == "deepspeed" or type(x).__name__ == "DeepSpeedOptimizerWrapper"
+           for x in (optimizer, inner)):
+        raise TypeError("DeepSpeed steps the optimizer inside engine.step(), where no wrapper can scale the update "
+                        "by ρ; use DDP or FSDP (accelerate's FSDP plugin) for PGPO")
+    linear = linear_in_lr(type(inner))
+    if method == "lr" and not linear:
+        raise ValueError(f"method='lr' needs an optimizer whose update is linear in lr and whose state never sees "
+                         f"lr; {type(inner).__name__} is not known to be: use method='delta' (exact for any optimizer)")
     if method == "auto":
-        method = "lr" if type(optimizer) in _LINEAR_IN_LR else "delta"
-    if method == "lr":
-        return _step_with_scaled_lr(optimizer, rho, closure)
-    return _step_extrapolated(optimizer, rho, closure)
+        return "lr" if linear else "delta"
+    return method
+
+
+def unwrap(optimizer):
+    """The optimizer inside wrappers that hold it as `.optimizer` or `._optimizer` (accelerate, Lightning)."""
+    for _ in range(8):  # wrappers of wrappers, but never a cycle
+        inner = next((getattr(optimizer, name) for name in ("optimizer", "_optimizer")
+                      if isinstance(getattr(optimizer, name, None), torch.optim.Optimizer)), None)
+        if inner is None or inner is optimizer:
+            break
+        optimizer = inner
+    return optimizer
+
+
+def linear_in_lr(cls: type) -> bool:
+    """Whether `cls` is one of the torch optimizers linear in lr, or a subclass that keeps its base's `step`
+    (a subclass that only changes defaults); a subclass with its own `step` may do anything with lr."""
+    for base in _LINEAR_IN_LR:
+        if issubclass(cls, base):
+            # torch wraps `step` in hooks per class (functools.wraps): compare the functions underneath
+            return inspect.unwrap(cls.step) is inspect.unwrap(base.step)
+    return False
 
 
 def _step(optimizer, closure):

@@ -17,6 +17,14 @@ The library:
 Its uses that make claims (the claims table, the figures, the benchmark) are `sde_lab.studies`.
 """
 
+from importlib.util import find_spec
+
+# `pgpo` installs with torch and numpy alone; this package needs its extra too
+_MISSING = [m for m in ("scipy", "matplotlib", "sdeint", "tqdm") if find_spec(m) is None]
+if _MISSING:
+    raise ImportError(f"sde_lab needs {', '.join(_MISSING)}: pip install 'pgpo-toolkit[sde]' (from a clone: "
+                      f"pip install -e '.[sde]'; everything: '.[all]')")
+
 from sde_lab import catalog
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.problem import Problem

@@ -6,7 +6,21 @@ import warnings
 import pytest
 import torch
 
-from pgpo import modulated_step
+from pgpo import modulated_step, step_method
+
+
+class AdamWWithDefaults(torch.optim.AdamW):
+    """A subclass that only changes defaults (as libraries ship them): still linear in lr."""
+
+    def __init__(self, params, lr=1e-2, weight_decay=0.01):
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
+
+
+class AdamWWithItsOwnStep(torch.optim.AdamW):
+    """A subclass with a `step` of its own: what it does with lr is unknown, so the general path."""
+
+    def step(self, closure=None):
+        return super().step(closure)
 
 OPTIMIZERS = {
     "sgd-momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
@@ -22,6 +36,8 @@ OPTIMIZERS = {
     "radam": lambda ps: torch.optim.RAdam(ps, lr=1e-2),
     "adamax": lambda ps: torch.optim.Adamax(ps, lr=1e-2),
     "adadelta": lambda ps: torch.optim.Adadelta(ps, lr=1.0),
+    "adamw-subclass": lambda ps: AdamWWithDefaults(ps),
+    "adamw-subclass-own-step": lambda ps: AdamWWithItsOwnStep(ps, lr=1e-2),
     # not linear in lr: "auto" takes the extrapolation path for these
     "rprop": lambda ps: torch.optim.Rprop(ps, lr=1e-2),
     "asgd": lambda ps: torch.optim.ASGD(ps, lr=1e-2, t0=1),
@@ -277,3 +293,55 @@ def test_a_zero_dimensional_numpy_rho_is_read():
 def test_something_that_is_not_an_optimizer_is_named(not_an_optimizer):
     with pytest.raises(TypeError, match="optimizer must be a torch optimizer"):
         modulated_step(not_an_optimizer, 2.0)
+
+
+@pytest.mark.parametrize(("name", "method"), [("adamw", "lr"), ("sgd-nesterov", "lr"), ("adamw-subclass", "lr"),
+                                              ("adamw-subclass-own-step", "delta"), ("rprop", "delta"),
+                                              ("asgd", "delta")])
+def test_the_method_that_runs_is_reported(name, method):
+    (model, optimizer), _ = trained_pair(name)
+    assert step_method(optimizer) == method
+    result, ran = modulated_step(optimizer, 1.5, return_method=True)
+    assert result is None and ran == method
+
+
+@pytest.mark.parametrize("name", ["rprop", "asgd", "adamw-subclass-own-step"])
+def test_the_lr_method_is_refused_where_it_would_be_silently_wrong(name):
+    (model, optimizer), _ = trained_pair(name)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="method='lr'.*use method='delta'"):
+        modulated_step(optimizer, 2.0, method="lr")
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))  # refused before any step
+    assert step_method(optimizer, "delta") == "delta"
+
+
+def test_accelerates_wrapper_is_looked_through_and_its_own_step_still_runs():
+    """accelerate's AcceleratedOptimizer (what Trainer and TRL hand out): the AdamW inside picks the exact "lr"
+    path, the update is ρ times the plain one, and the wrapper's step still skips accumulation micro-steps."""
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.state import AcceleratorState, GradientState
+
+    try:
+        results = []
+        for rho in (1.0, 2.5):
+            accelerator = accelerate.Accelerator(cpu=True, gradient_accumulation_steps=2)
+            model = make_model(dtype=torch.float32)
+            model, optimizer = accelerator.prepare(model, torch.optim.AdamW(param_groups(model), lr=1e-2))
+            assert type(optimizer).__name__ == "AcceleratedOptimizer" and step_method(optimizer) == "lr"
+            before = [p.detach().clone() for p in model.parameters()]
+            with accelerator.accumulate(model):  # the first of two micro-steps: no optimizer step
+                backward(model, 0)
+                assert modulated_step(optimizer, rho, return_method=True)[1] == "lr"
+            assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+            with accelerator.accumulate(model):
+                backward(model, 1)
+                modulated_step(optimizer, rho)
+            results.append([p.detach() - a for a, p in zip(before, model.parameters())])
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+        for plain, scaled in zip(*results):
+            assert plain.abs().max() > 0
+            torch.testing.assert_close(scaled, 2.5 * plain, rtol=1e-5, atol=1e-7)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
