@@ -80,6 +80,7 @@ class StepMetrics:
         parts = [*pair, out.loss.detach() * weight, *out.information, *out.jsd, *out.entropy, gap.sum(),
                  batch.response_mask.sum()]
         s = self.sums
+        # the sums are every field but the last, `logprob_gap_max`, which is a running maximum
         total = torch.stack(s.values()[:-1]) + torch.stack([x.double().reshape(()) for x in parts])
         self.sums = LossSums(*total.unbind(), torch.maximum(s.logprob_gap_max, gap.max().double()))
 

@@ -172,10 +172,10 @@ def claims() -> list[Claim]:
                      test_fn="norm2"),
         _order_claim("quadratic-1d PGPO/paper-2", "PGPO[state]/SME[paper]-2", q1d, (2, 6), 1.0, paths=4000,
                      judge=_not_order_two, test_fn="norm2"),
-        # 4. the hard cap's kink against the order-2 SDE: a measurement, not a claim
+        # 3. the hard cap's kink against the order-2 SDE: a measurement, not a claim
         _order_claim("quadratic-1d PGPO hard cap/scaled-2", "PGPO[state]/SME[scaled]-2 (kinked ρ)", q1d, (2, 6), 1.0,
                      paths=2000, must_hold=False, judge=_kink, test_fn="norm2"),
-        # 3. a mini-batch signal: the naive drift leaves an O(1) error; the correct one converges
+        # 4. a mini-batch signal: the naive drift leaves an O(1) error; the correct one converges
         _order_claim("linear_regression PGPO[minibatch]/naive", "PGPO[minibatch]/SME[naive drift]", mb, (2, 6), 2.0,
                      paths=1000, test_fn="norm2"),
         _order_claim("linear_regression PGPO[minibatch]/correct", "PGPO[minibatch]/SME[correct drift]", mb, (2, 6),

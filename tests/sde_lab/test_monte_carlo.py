@@ -5,10 +5,9 @@ import pytest
 
 from pgpo import Multiplier
 from sde_lab import catalog, weak_error
-from sde_lab.sme import models_and_orders
+from sde_lab.sme import SMOOTH, models_and_orders
 
 LADDER = [2.0**-j for j in range(2, 7)]
-SMOOTH = Multiplier(2.0, 2.0, form="smooth")
 MODELS = {m.label: m for m in models_and_orders()}  # the SDEs and the orders they claim (sde_lab.sme)
 
 
