@@ -1,6 +1,6 @@
 """`python -m llm_runs train --config PATH [key=value ...] | --resume RUN_DIR`,
 `python -m llm_runs eval --checkpoint DIR [--data FILE] [--engine hf|vllm] [key=value ...]` and
-`python -m llm_runs bench --config PATH [--steps K] [--repeats R]`, `python -m llm_runs bench-loss [--lengths ...]`,
+`python -m llm_runs bench --config PATH [--peer trl] [--steps K] [--repeats R]`, `python -m llm_runs bench-loss [--lengths ...]`,
 `python -m llm_runs warm-start --config PATH --out DIR [key=value ...]` and `python -m llm_runs demo [--quick]`."""
 
 from __future__ import annotations
@@ -104,6 +104,13 @@ def _warm_start(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.peer == "trl":
+        from llm_runs.tools import bench_trl
+
+        results = bench_trl.measure(args.config, args.overrides, args.steps, args.repeats,
+                                    progress=lambda line: print(line, file=sys.stderr, flush=True))
+        print(bench_trl.report(results))
+        return 0
     from llm_runs.tools.bench import measure, report
 
     print(report(measure(args.config, args.overrides, args.steps, args.repeats)))
@@ -179,8 +186,11 @@ def main(argv=None) -> int:
     ws.add_argument("--out", required=True, help="folder for config.yaml, base_model/, final/, warm_start.json")
     ws.add_argument("--no-progress", action="store_true")
     ws.add_argument("overrides", nargs="*", help="section.key=value")
-    bench = sub.add_parser("bench", help="seconds per step by stage, SDPO against PGPO")
+    bench = sub.add_parser("bench", help="seconds per step by stage, SDPO against PGPO (or, with --peer trl, "
+                                         "this trainer against TRL's SDPO trainer)")
     bench.add_argument("--config", required=True)
+    bench.add_argument("--peer", choices=["trl"], help="trl: this trainer, TRL's SDPOTrainer and TRL with pgpo.trl, "
+                                                     "interleaved on matched settings (the trl extra)")
     bench.add_argument("--steps", type=int, default=5, help="timed steps per run (after one warm-up step)")
     bench.add_argument("--repeats", type=int, default=5, help="fresh runs per method")
     bench.add_argument("overrides", nargs="*", help="section.key=value")
