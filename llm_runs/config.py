@@ -103,7 +103,7 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     engine: Literal["hf", "vllm"] = "hf"
-    """The sampler: "hf" (transformers generate) or "vllm" (in the trainer's process)."""
+    """The sampler: "hf" (the trainer's model, batched with the KV cache) or "vllm" (in the trainer's process)."""
     prompts_per_step: Annotated[int, Range(1)] = 32
     """P: prompts per optimizer step."""
     samples_per_prompt: Annotated[int, Range(1)] = 8

@@ -1,12 +1,14 @@
 """The rollout engines' one small interface (`hf.HFEngine` and `vllm.VLLMEngine` implement it).
 
-    engine.generate(prompt_ids, n, sampling) → [Rollout] * (len(prompt_ids) · n), prompt-major
+    engine.generate(prompt_ids, n, sampling, seeds=None) → [Rollout] * (len(prompt_ids) · n), prompt-major;
+                                              prompt i's samples drawn from seeds[i] (else from torch's
+                                              global generator), whatever the batching or the rank split
     engine.update_weights(named_tensors)      push the trainer's weights
     engine.sleep() / engine.wake()            release / reclaim memory around training (where supported)
     engine.close()                            shut down (vLLM: before the process group goes)
 
-`hf.HFEngine` runs transformers `generate` on the trainer's own model; `vllm.VLLMEngine` runs a
-`vllm.LLM` in the training process (the `gpu` extra on CUDA, vLLM's CPU build in `.venv-vllm` on a CPU).
+`hf.HFEngine` samples on the trainer's own model (its own loop over transformers' KV cache);
+`vllm.VLLMEngine` runs a `vllm.LLM` in the training process (the `gpu` extra on CUDA, vLLM's CPU build in `.venv-vllm` on a CPU).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class Rollout:
 
 
 class RolloutEngine(Protocol):
-    def generate(self, prompt_ids: list[list[int]], n: int, sampling: Sampling) -> list[Rollout]: ...
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: Sampling,
+                 seeds: list[int] | None = None) -> list[Rollout]: ...
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
 

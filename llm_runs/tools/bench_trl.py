@@ -104,7 +104,7 @@ def trl_arguments(config: RunConfig, out: Path, steps: int, pgpo: bool = False):
         gradient_checkpointing=config.model.gradient_checkpointing, use_vllm=False,
         per_device_train_batch_size=loss.micro_batch_size, gradient_accumulation_steps=batch // loss.micro_batch_size,
         num_generations=r.samples_per_prompt, max_completion_length=r.max_new_tokens, max_prompt_length=4096,
-        temperature=r.temperature, top_p=r.top_p, max_steps=steps + 1, logging_steps=1, report_to="none",
+        temperature=r.temperature, top_p=r.top_p, max_steps=steps + 1, logging_steps=1, report_to="none", disable_tqdm=True,
         save_strategy="no", seed=config.train.seed,
         learning_rate=optim.lr, adam_beta1=optim.betas[0], adam_beta2=optim.betas[1], adam_epsilon=optim.eps,
         weight_decay=optim.weight_decay, max_grad_norm=optim.clip_norm, lr_scheduler_type="constant",
