@@ -1,4 +1,5 @@
-"""`python -m llm_runs train --config PATH [key=value ...] | --resume RUN_DIR`,
+"""`python -m llm_runs data sciknoweval --out DIR [--domains ...] [--source DIR]`,
+`python -m llm_runs train --config PATH [key=value ...] | --resume RUN_DIR`,
 `python -m llm_runs eval --checkpoint DIR [--data FILE] [--engine hf|vllm] [key=value ...]` and
 `python -m llm_runs bench --config PATH [--peer trl] [--steps K] [--repeats R]`, `python -m llm_runs bench-loss [--lengths ...]`,
 `python -m llm_runs warm-start --config PATH --out DIR [key=value ...]` and `python -m llm_runs demo [--quick]`."""
@@ -164,6 +165,17 @@ def _demo(args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    from llm_runs import sciknoweval
+
+    domains = [d.strip() for d in args.domains.split(",")] if args.domains else list(sciknoweval.DOMAINS)
+    unknown = [d for d in domains if d not in sciknoweval.DOMAINS]
+    if unknown:
+        raise DataError(f"--domains: unknown {unknown}; the domains are {', '.join(sciknoweval.DOMAINS)}")
+    sciknoweval.build(args.out, domains, args.source)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llm_runs", description="SDPO and PGPO training of LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,9 +240,15 @@ def main(argv=None) -> int:
     demo.add_argument("--replot", action="store_true", help="redraw the figure from its JSON")
     demo.add_argument("--no-progress", action="store_true")
     demo.add_argument("overrides", nargs="*", help="section.key=value, applied to llm_runs/configs/demo_cpu.yaml")
+    data = sub.add_parser("data", help="make the Science Q&A split files the configs read")
+    data.add_argument("dataset", choices=["sciknoweval"], help="hicai-zju/SciKnowEval, cut as SDPO's authors did")
+    data.add_argument("--out", required=True, help="the folder to write <domain>/{train,test}.json into")
+    data.add_argument("--domains", help="comma-separated, of biology, chemistry, material, physics (default: all)")
+    data.add_argument("--source", help="a local copy of the dataset in its own layout "
+                                       "(data/<Domain>/sciknoweval_<domain>_test.jsonl) instead of the hub")
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "bench": _bench, "bench-loss": _bench_loss, "smoke": _smoke, "demo": _demo,
+        return {"data": _data, "train": _train, "eval": _eval, "bench": _bench, "bench-loss": _bench_loss, "smoke": _smoke, "demo": _demo,
                 "warm-start": _warm_start}[args.command](args)
     except (ConfigError, DataError) as err:  # bad input: one line naming the key, file or field, never a traceback
         parser.exit(2, f"error: {err}\n")

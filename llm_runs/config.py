@@ -93,9 +93,10 @@ class DataConfig:
     template: Literal["boxed", "answer_tag"] = "boxed"
     """The prompt and answer format: "boxed" (the PGPO paper's) or "answer_tag" (SDPO's)."""
     hub: str | None = None
-    """A `datasets` id to load instead of the files (needs the `hub` extra)."""
+    """"hicai-zju/SciKnowEval": cut the splits from the hub in memory instead of reading the files (the `hub`
+    extra and internet; `python -m llm_runs data sciknoweval` writes the same splits to files once)."""
     hub_domain: str | None = None
-    """With `hub`: the dataset's configuration (the domain, e.g. "chemistry")."""
+    """With `hub`: the domain, one of biology, chemistry, material, physics."""
     max_prompt_tokens: Annotated[int, Range(1)] = 2048
     """Prompts longer than this (training and test) are dropped at start, and reported."""
 

@@ -66,7 +66,11 @@ def load_split(path: str | Path, limit: int | None = None) -> list[Example]:
     """Read a JSON-lines split file; blank lines are skipped; `idx` must be unique."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"split file {path} does not exist")
+        hint = ""
+        if "sciknoweval" in path.parts:  # the configs' Science Q&A splits: made by a command, not shipped
+            hint = (f"; make the Science Q&A splits with `python -m llm_runs data sciknoweval --out "
+                    f"{path.parent.parent}` (the `hub` extra and internet, or --source DIR with a copy of the dataset)")
+        raise DataError(f"split file {path} does not exist{hint}")
     if not path.is_file():
         raise DataError(f"split file {path} is a {'directory' if path.is_dir() else 'special file'}, not a JSON-lines file")
     examples, seen = [], {}
@@ -95,13 +99,20 @@ def load_split(path: str | Path, limit: int | None = None) -> list[Example]:
 
 
 def load_hub(name: str, domain: str | None = None, split: str = "train") -> list[Example]:
-    """The same rows from a `datasets` hub id (needs the `hub` extra and internet)."""
-    try:
-        import datasets
-    except ImportError as err:
-        raise DataError("loading from the hub needs the `hub` extra: pip install -e '.[hub]'") from err
-    rows = datasets.load_dataset(name, domain, split=split)
-    return [Example(int(r["idx"]), r["prompt"], str(r["answer"]).strip(), r.get("system"), f"{name}/{split}:{i}")
+    """A split cut from the hub, in memory: `hicai-zju/SciKnowEval` and a domain, cut as SDPO's authors did
+    (`llm_runs.sciknoweval`; needs the `hub` extra and internet). `python -m llm_runs data sciknoweval`
+    writes the same splits to files once, which is what the configs read."""
+    from llm_runs import sciknoweval
+
+    if name != sciknoweval.HUB_ID:
+        raise DataError(f"data.hub: only {sciknoweval.HUB_ID!r} is understood, got {name!r}; for another dataset "
+                        f"write split files (JSON lines with idx, prompt, answer, system) and set data.train / data.test")
+    if domain not in sciknoweval.DOMAINS:
+        raise DataError(f"data.hub_domain must be one of {sciknoweval.DOMAINS}, got {domain!r}")
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    rows = sciknoweval.splits(domain)[split]
+    return [Example(r["idx"], r["prompt"], r["answer"], r["system"], f"{name}/{domain}/{split}:{i}")
             for i, r in enumerate(rows)]
 
 
