@@ -85,3 +85,27 @@ def test_tests_mirror_the_packages():
         assert list((ROOT / "tests" / package).glob("test_*.py")), f"tests/{package}/ holds no tests"
     loose = [p.name for p in (ROOT / "tests").glob("test_*.py")]
     assert set(loose) <= {"test_layout.py", "test_notebooks.py"}, loose
+
+
+# the development notes and the published data live beside the project, not in it: a user has neither
+OUTSIDE = re.compile(r"\.\./shared|\bshared/(spec|seeds|data)\b|\b(METHOD|SDE_LAB|LLM_RUNS|STYLE)\.md\b")
+
+
+def test_no_file_for_users_points_outside_the_repository():
+    """Only the tests and CI may read what lies beside the project (the published splits, in CI)."""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    offenders = []
+    for name in listed.stdout.splitlines():
+        if name.startswith(("tests/", ".ci/")) or not (ROOT / name).is_file():
+            continue
+        try:
+            text = (ROOT / name).read_text(encoding="utf-8")
+        except UnicodeDecodeError:  # figures and other binary files
+            continue
+        offenders += [f"{name}:{i}: {m.group(0)}" for i, line in enumerate(text.splitlines(), 1)
+                      for m in [OUTSIDE.search(line)] if m]
+    assert not offenders, offenders
