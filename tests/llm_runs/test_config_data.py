@@ -34,6 +34,15 @@ def test_every_shipped_config_loads(path):
         assert c.pgpo.enabled == ("pgpo" in path.stem)
 
 
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem.startswith("qwen3_8b_")], ids=lambda p: p.stem)
+def test_each_seed_of_a_paper_config_gets_its_own_run_folder(path):
+    """The seed is in the run folder's name, so several seeds of one config run side by side."""
+    from llm_runs.build import run_name
+
+    names = {seed: run_name(load(path, [f"train.seed={seed}"]), str(path)) for seed in (0, 1, 2)}
+    assert names == {seed: f"{path.stem}-seed{seed}" for seed in (0, 1, 2)}
+
+
 def test_paper_configs_cover_four_domains_and_four_methods():
     stems = {p.stem for p in CONFIGS}
     for domain in ("biology", "chemistry", "material", "physics"):
