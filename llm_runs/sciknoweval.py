@@ -20,6 +20,7 @@ the published counts are in `PUBLISHED`. `--source` reads a local copy of the da
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -109,11 +110,8 @@ def build(out: str | Path, domains=DOMAINS, source: str | Path | None = None, re
     reports each against the published counts."""
     counts = {}
     for domain in domains:
-        rows = [format_row(r, i) for i, r in enumerate(select(hub_rows(domain, source), domain))]
-        if not rows:
-            raise SourceError(f"{domain}: no rows pass the filters (domain {domain.capitalize()!r}, level {LEVEL}, "
-                              f"type in {TYPES})")
-        train, test = split(rows)
+        parts = splits(domain, source)
+        train, test = parts["train"], parts["test"]
         folder = Path(out) / domain
         folder.mkdir(parents=True, exist_ok=True)
         for name, part in (("train", train), ("test", test)):
@@ -121,13 +119,17 @@ def build(out: str | Path, domains=DOMAINS, source: str | Path | None = None, re
         counts[domain] = (len(train), len(test))
         expected = PUBLISHED[domain]
         note = "as published" if counts[domain] == expected else f"published: {expected[0]} / {expected[1]} — differs"
-        report(f"{domain}: {len(rows)} rows → train {len(train)} / test {len(test)} ({note}) → {folder}")
+        report(f"{domain}: {len(train) + len(test)} rows → train {len(train)} / test {len(test)} ({note}) → {folder}")
     return counts
 
 
+@functools.lru_cache(maxsize=4)  # `data.hub` asks for the train split, then the test split: one read
 def splits(domain: str, source: str | Path | None = None) -> dict[str, list[dict]]:
-    """{"train": rows, "test": rows} of one domain, in memory (what `data.hub` loads)."""
+    """{"train": rows, "test": rows} of one domain (filtered, formatted, split), in memory."""
     rows = [format_row(r, i) for i, r in enumerate(select(hub_rows(domain, source), domain))]
+    if not rows:
+        raise SourceError(f"{domain}: no rows pass the filters (domain {domain.capitalize()!r}, level {LEVEL}, "
+                          f"type in {TYPES})")
     train, test = split(rows)
     return {"train": train, "test": test}
 

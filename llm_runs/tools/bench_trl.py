@@ -39,17 +39,15 @@ def measure(config_path: str, overrides: list[str], steps: int = 5, repeats: int
     logging.getLogger("trl").setLevel(logging.ERROR)
     results = {arm: {"step": [], "tokens_per_s": []} for arm in ARMS}
     with tempfile.TemporaryDirectory() as tmp:
-        config = load(config_path, [*overrides, "pgpo.enabled=false", f"train.output_dir={tmp}", "train.eval_every=0",
-                                    "train.checkpoint_every=0", f"train.steps={steps + 1}"])
-        model_dir = _model_dir(config, Path(tmp))
-        config = load(config_path, [*overrides, "pgpo.enabled=false", f"train.output_dir={tmp}", "train.eval_every=0",
-                                    "train.checkpoint_every=0", f"train.steps={steps + 1}", f"model.path={model_dir}",
-                                    "model.tiny=false"])
+        common = [*overrides, "pgpo.enabled=false", f"train.output_dir={tmp}", "train.eval_every=0",
+                  "train.checkpoint_every=0", f"train.steps={steps + 1}"]
+        model_dir = _model_dir(load(config_path, common), Path(tmp))  # built once (tiny), then loaded by every arm
+        config = load(config_path, [*common, f"model.path={model_dir}", "model.tiny=false"])
         for r in range(repeats):
             for arm in ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]:
-                run = _run_llm_runs if arm == "llm_runs" else _run_trl
-                seconds, tokens_per_s = run(config, model_dir, Path(tmp) / f"{arm}-{r}".replace(" ", "_"), steps,
-                                            pgpo=arm == "TRL + pgpo.trl")
+                out = Path(tmp) / f"{arm}-{r}".replace(" ", "_")
+                seconds, tokens_per_s = _run_llm_runs(config, out, steps) if arm == "llm_runs" else \
+                    _run_trl(config, out, steps, pgpo=arm == "TRL + pgpo.trl")
                 results[arm]["step"] += seconds
                 results[arm]["tokens_per_s"].append(tokens_per_s)
                 if progress:
@@ -67,7 +65,7 @@ def _model_dir(config: RunConfig, tmp: Path) -> str:
     return model_source(config, tmp, corpus)
 
 
-def _run_llm_runs(config: RunConfig, model_dir: str, out: Path, steps: int, pgpo: bool = False) -> tuple[list, float]:
+def _run_llm_runs(config: RunConfig, out: Path, steps: int) -> tuple[list, float]:
     from llm_runs.trainer import Trainer
 
     trainer = Trainer(config, out, progress=False)
@@ -113,7 +111,7 @@ def trl_arguments(config: RunConfig, out: Path, steps: int, pgpo: bool = False):
         include_environment_feedback=True, **extra)
 
 
-def _run_trl(config: RunConfig, model_dir: str, out: Path, steps: int, pgpo: bool = False) -> tuple[list, float]:
+def _run_trl(config: RunConfig, out: Path, steps: int, pgpo: bool = False) -> tuple[list, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback
     from trl.experimental.sdpo import SDPOTrainer
@@ -156,6 +154,7 @@ def _run_trl(config: RunConfig, model_dir: str, out: Path, steps: int, pgpo: boo
         return [rewards.score(c[0]["content"] if isinstance(c, list) else c, a, config.data.template)
                 for c, a in zip(completions, answer)]
 
+    model_dir = config.model.path  # the folder the llm_runs arm loads too
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left", truncation_side="left")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[config.model.dtype])
     trainer = Timed(model=model, reward_funcs=reward, args=trl_arguments(config, out, steps, pgpo),
