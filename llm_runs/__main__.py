@@ -2,7 +2,8 @@
 `python -m llm_runs train --config PATH [key=value ...] | --resume RUN_DIR`,
 `python -m llm_runs eval --checkpoint DIR [--data FILE] [--engine hf|vllm] [key=value ...]` and
 `python -m llm_runs bench --config PATH [--peer trl] [--steps K] [--repeats R]`, `python -m llm_runs bench-loss [--lengths ...]`,
-`python -m llm_runs warm-start --config PATH --out DIR [key=value ...]` and `python -m llm_runs demo [--quick]`."""
+`python -m llm_runs warm-start --config PATH --out DIR [key=value ...]`, `python -m llm_runs demo [--quick]` and
+`python -m llm_runs compare RUN_DIR... [--figure PATH] [--json PATH]` (runs grouped by domain × method, beside the paper)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,20 @@ from llm_runs.data import DataError
 from llm_runs.experiment import config as _experiment_sections  # noqa: F401  registers `warm_start:` for every command
 
 
+def _quiet_loading(args) -> None:
+    """No transformers progress bars (weights loaded, shards written) where ours are off: they fill a batch
+    job's log with carriage-return lines."""
+    if args.no_progress or not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def _train(args) -> int:
     from llm_runs.build import run_name
     from llm_runs.trainer import Trainer
+
+    _quiet_loading(args)
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -57,6 +69,7 @@ def _eval(args) -> int:
 
     from llm_runs import model_files
 
+    _quiet_loading(args)
     checkpoint = Path(args.checkpoint)
     spec = model_files.check_folder(checkpoint, "--checkpoint")  # a clear error before anything is loaded
     model_files.check_tokenizer(checkpoint, "--checkpoint")
@@ -165,6 +178,20 @@ def _demo(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from llm_runs.compare import compare, save_figure, table
+
+    data = compare(args.runs)
+    print(table(data))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(data, indent=1))
+        print(f"json: {args.json}")
+    if args.figure:
+        print(f"figure: {', '.join(map(str, save_figure(data, args.figure)))}")
+    return 0
+
+
 def _data(args) -> int:
     from llm_runs import sciknoweval
 
@@ -246,10 +273,16 @@ def main(argv=None) -> int:
     data.add_argument("--domains", help="comma-separated, of biology, chemistry, material, physics (default: all)")
     data.add_argument("--source", help="a local copy of the dataset in its own layout "
                                        "(data/<Domain>/sciknoweval_<domain>_test.jsonl) instead of the hub")
+    cmp = sub.add_parser("compare", help="SDPO vs PGPO over run folders (finished or not): best and final validation "
+                                         "mean@k per domain and method, mean ± std over seeds, beside the paper's Table 1")
+    cmp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders of them (e.g. runs/)")
+    cmp.add_argument("--figure", help="validation mean@k against step, a panel per domain: PATH.png and PATH.pdf "
+                                      "(or PATH alone, with a .png/.pdf/.svg suffix)")
+    cmp.add_argument("--json", help="write the table's data (and every run's validations) here")
     args = parser.parse_args(argv)
     try:
         return {"data": _data, "train": _train, "eval": _eval, "bench": _bench, "bench-loss": _bench_loss, "smoke": _smoke, "demo": _demo,
-                "warm-start": _warm_start}[args.command](args)
+                "warm-start": _warm_start, "compare": _compare}[args.command](args)
     except (ConfigError, DataError) as err:  # bad input: one line naming the key, file or field, never a traceback
         parser.exit(2, f"error: {err}\n")
     except OSError as err:

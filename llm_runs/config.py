@@ -29,7 +29,7 @@ from typing import Annotated, Literal
 
 import yaml
 
-from llm_runs import tiny
+from llm_runs import paths, tiny
 
 
 class ConfigError(ValueError):
@@ -208,6 +208,12 @@ class TrainConfig:
     """Step checkpoints kept besides "best" (None: all)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: "auto" is CUDA when there is one, else the CPU."""
+    report_to: str = "auto"
+    """Trackers fed every metrics row: comma-separated names of tensorboard (RUN/tensorboard/), wandb, trackio,
+    mlflow; "auto": tensorboard when it is installed; "none": metrics.jsonl only."""
+    log_interval: Annotated[float, Range(0.0)] = 60.0
+    """Without a progress bar (output not a terminal, or --no-progress): seconds between plain progress lines
+    (also one at the first step, each validation and the end); 0: a line per step."""
 
 
 @dataclass
@@ -224,6 +230,9 @@ class EvalConfig:
     """The first this many test questions; None: the whole test split."""
     batch_size: Annotated[int, Range(1)] = 64
     """Prompts per generate call."""
+    keep_samples: Annotated[int, Range(0)] = 4
+    """Completions kept per validation (one each for the first this many test questions): in
+    RUN/eval/step-N.json and the trackers."""
 
 
 @dataclass
@@ -389,9 +398,11 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple = (), sche
     `schema` (RunConfig, or an experiment's subclass of it: see `register_experiment`)."""
     config = schema()
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
+        found = paths.config_file(path)
+        if found is None:
+            raise ConfigError(f"config file {path} does not exist (or a shipped config's name: "
+                              f"{', '.join(paths.shipped_configs())})")
+        path = found
         data = _read_mapping(path, "the top level must be a mapping of sections")
         for section, values in data.items():
             if not isinstance(values, dict):
@@ -440,7 +451,7 @@ def from_dict(data: dict, schema: type = RunConfig):
 # sections (`warm_start`: read by the warm-start command, not by training) are no part of a run's config.
 RESUME_SAFE = (
     "train.steps", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.output_dir", "train.run_name",
+    "train.output_dir", "train.run_name", "train.report_to", "train.log_interval", "eval.keep_samples",
     "loss.micro_batch_size", "loss.implementation", "loss.chunk_size", "model.gradient_checkpointing",
     "rollout.gpu_memory_utilization", "rollout.enforce_eager", "rollout.cpu_kv_cache_gib",
     "rollout.logprob_gap_alarm",

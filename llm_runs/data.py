@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_runs import paths
+
 TEMPLATES = ("boxed", "answer_tag")
 SDPO_SUFFIX = "Please reason step by step."
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -63,8 +65,9 @@ def _lines(f, path: Path):
 
 
 def load_split(path: str | Path, limit: int | None = None) -> list[Example]:
-    """Read a JSON-lines split file; blank lines are skipped; `idx` must be unique."""
-    path = Path(path)
+    """Read a JSON-lines split file (a relative path as `llm_runs.paths.input_file` finds it); blank lines are
+    skipped; `idx` must be unique."""
+    path = paths.input_file(path)
     if not path.exists():
         hint = ""
         if "sciknoweval" in path.parts:  # the configs' Science Q&A splits: made by a command, not shipped

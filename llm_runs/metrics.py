@@ -130,6 +130,7 @@ class StepMetrics:
             "divergence_teacher_student": _mean(s.divergence_num, s.divergence_den),
             "jsd_teacher_student": _mean(s.jsd_num, s.jsd_den), "entropy": _mean(s.entropy_num, s.entropy_den), "logprob_gap_mean": self.logprob_gap(), "logprob_gap_max": s.logprob_gap_max,
             "logprob_gap_alarm": int(alarm),
+            "tokens_generated": int(sum(self.lengths)),
             "tokens_per_s_generated": sum(self.lengths) / max(seconds["rollout"], 1e-9),
             "tokens_per_s_trained": s.tokens / max(seconds["train"], 1e-9),
             **{f"seconds_{k}": v for k, v in seconds.items()}, "peak_memory_gb": peak_memory_gb(device),

@@ -26,7 +26,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from llm_runs import checkpoint, model_files, parallel
+from llm_runs import checkpoint, model_files, parallel, watch
 from llm_runs.batch import Batch, make_batch, response_logits
 from llm_runs.build import (DTYPES, adamw, attach_lora, examples_sha256, load_examples, load_model, model_source,
                             resolve_device, rollout_engine, seed_everything)
@@ -39,6 +39,7 @@ from llm_runs.metrics import StepMetrics
 from llm_runs.reward import score
 from llm_runs.rollout import Rollout, Sampling
 from llm_runs.teacher import AdapterTeacher, TeacherWeights, demonstrations
+from llm_runs.watch import Watch
 from llm_runs.tokens import pad_id
 from pgpo import Multiplier, global_information, modulated_step
 
@@ -54,6 +55,7 @@ class RunState:
     metrics_offset: int = 0
     pending_row: dict | None = None  # a step checkpointed before its validation: its row, logged after it
     data_sha256: dict | None = None  # {"data.train": …, "data.test": …}: the examples the run trains and validates on
+    tokens_total: int = 0  # response tokens generated so far, over every rank
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: Path, progress: bool = True):
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+        watch.trackers(config.train.report_to)  # a tracker named but not installed: refused before any loading
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(config.train.device)
         self.rank, self.world = parallel.init(self.device)
@@ -157,6 +160,7 @@ class Trainer:
 
     def step(self) -> dict:
         """One optimizer step on P·n rollouts; returns the step's metrics row."""
+        start = time.perf_counter()
         metrics = StepMetrics(self.device)
         prompts = self.draw_prompts()
         with metrics.stage("rollout"):
@@ -175,7 +179,11 @@ class Trainer:
             self.push_weights()
         self.state.step += 1
         metrics.rollouts(rollouts, scored.rewards, contexts.mask)
-        return self.metrics_row(metrics, prompts.epoch, lr, information, rho, grad_norm, skipped)
+        row = self.metrics_row(metrics, prompts.epoch, lr, information, rho, grad_norm, skipped)
+        self.state.tokens_total += row["tokens_generated"]
+        row.update(tokens_total=self.state.tokens_total, seconds_step=time.perf_counter() - start,
+                   timestamp=time.time())
+        return row
 
     def draw_prompts(self) -> Prompts:
         """P prompts drawn without replacement within an epoch, the same on every rank; this rank takes its
@@ -371,6 +379,7 @@ class Trainer:
             self.state.best_val, self.state.best_step = result["mean_at_k"], self.state.step
             row["val_best"] = True
         self._log(row)
+        self.watch.samples(self.state.step, result["samples"])
         if row.get("val_best"):
             if self.world == 1:
                 self.save("best", mark_latest=False)
@@ -382,11 +391,31 @@ class Trainer:
         saved = self.run_dir / "config.yaml"
         if lead and not (self.resumed and saved.exists()):  # a resumed run keeps the config it started with
             saved.write_text(yaml.safe_dump(c.to_dict(), sort_keys=False))
-        bar = tqdm(total=c.train.steps, initial=self.state.step, desc=self.run_dir.name,
-                   disable=not (self.progress and lead))
+        pending = self.state.pending_row is not None
+        self.watch = Watch(self.run_dir, c, start_step=self.state.step - pending,
+                           first_step=self.state.step + (not pending), progress=self.progress, lead=lead)
+        try:
+            self._train_steps()
+        finally:  # on a crash too: the trackers keep every row logged so far
+            self.watch.close()
+        self.export("final")  # consolidated weights, loadable by from_pretrained (and vLLM)
+        self.close()  # after the last collective: vLLM's shutdown may take the process group with it
+        if not lead:
+            return self.run_dir
+        summary = {"steps": self.state.step, "skipped": self.state.skipped_total,
+                   "nonfinite_information": self.state.nonfinite_information_total,
+                   "best_val_mean_at_k": self.state.best_val, "best_step": self.state.best_step,
+                   "final_val_mean_at_k": self.state.final_val, "tokens_total": self.state.tokens_total}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return self.run_dir
+
+    def _train_steps(self) -> None:
+        """Steps until `train.steps`, each logged, validated and checkpointed as the cadences say."""
+        c = self.config
         if self.state.pending_row is not None:  # resumed from a checkpoint written before its validation
             row, self.state.pending_row = self.state.pending_row, None
             self._validate_and_log(row)
+            self.watch.row(row)
         while self.state.step < c.train.steps:
             row = self.step()
             last = self.state.step == c.train.steps
@@ -406,20 +435,7 @@ class Trainer:
                     self._log(row)
                 if keep:
                     self.save()
-            bar.update(1)
-            bar.set_postfix(reward=f"{row['reward_mean']:.2f}", I=f"{row['information']:.3f}",
-                            rho=f"{row['rho']:.2f}", loss=f"{row['loss']:.4f}")
-        bar.close()
-        self.export("final")  # consolidated weights, loadable by from_pretrained (and vLLM)
-        self.close()  # after the last collective: vLLM's shutdown may take the process group with it
-        if not lead:
-            return self.run_dir
-        summary = {"steps": self.state.step, "skipped": self.state.skipped_total,
-                   "nonfinite_information": self.state.nonfinite_information_total,
-                   "best_val_mean_at_k": self.state.best_val, "best_step": self.state.best_step,
-                   "final_val_mean_at_k": self.state.final_val}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        return self.run_dir
+            self.watch.row(row)
 
     # -- checkpoint / resume ------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ def test_two_fsdp2_processes_match_one_process(tiny_model_dir, tmp_path):
 
 
 def _rows(run):
-    timing = ("seconds_", "tokens_per_s", "peak_memory")
+    timing = ("seconds_", "tokens_per_s", "peak_memory", "timestamp")
     return [{k: v for k, v in json.loads(x).items() if not k.startswith(timing)}
             for x in (run / "metrics.jsonl").read_text().splitlines()]
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "llm_runs" / "configs" / "tiny_cpu.yaml"
 FIXTURES = ROOT / "llm_runs" / "fixtures" / "toy_science"
 # fields that measure the machine, not the run
-TIMING = ("seconds_", "tokens_per_s", "peak_memory")
+TIMING = ("seconds_", "tokens_per_s", "peak_memory", "timestamp")
 
 
 def config(model_dir, out, *overrides):

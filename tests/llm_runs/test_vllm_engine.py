@@ -146,7 +146,7 @@ def _rows(run: Path) -> list[dict]:
 
 
 def _without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith(("seconds_", "tokens_per_s", "peak_memory"))} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(("seconds_", "tokens_per_s", "peak_memory", "timestamp"))} for r in rows]
 
 
 @pytest.fixture
