@@ -19,12 +19,12 @@ import yaml
 
 from llm_runs.config import RESUME_SAFE, ConfigError, RunConfig, apply_overrides, flat, load
 
-# The PGPO paper: Wang, Wu et al., "PGPO: Physics-Guided Policy Optimization with Self-Distillation", 2026,
+# The PGPO paper: Wang, Wu et al., "Physics-Guided Policy Optimization with Self-Distillation", 2026,
 # arXiv 2606.03620. Table 1 and Appendix C: mean@16 accuracy (%) on SciKnowEval L3 multiple choice (test
 # splits), Qwen3-8B. It does not say whether these are the best or the final validation, nor which α gave
 # "PGPO (best α)"; Appendix C lists three PGPO rows without their α (our configs sweep α ∈ {0.5, 1, 2}).
 PAPER = {
-    "citation": "Wang, Wu et al., PGPO: Physics-Guided Policy Optimization with Self-Distillation, 2026, "
+    "citation": "Wang, Wu et al., Physics-Guided Policy Optimization with Self-Distillation, 2026, "
                 "arXiv 2606.03620 (Table 1 and Appendix C)",
     "metric": "mean@16 accuracy (%), SciKnowEval L3 multiple choice, test split, Qwen3-8B",
     "k": 16,
