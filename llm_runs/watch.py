@@ -249,8 +249,14 @@ class Watch:
         name = Path(run_dir).name
         self.console = Console(name, config.train.steps, start_step, bar=progress and lead and stream.isatty(),
                                interval=config.train.log_interval, stream=stream) if lead else None
-        names = trackers(config.train.report_to) if lead else []
-        self.sinks = [SINKS[n](Path(run_dir), config, first_step, name) for n in names]
+        self.sinks = []
+        for tracker in trackers(config.train.report_to) if lead else []:
+            try:
+                self.sinks.append(SINKS[tracker](Path(run_dir), config, first_step, name))
+            except Exception as err:  # the tracker's own setup (a store, a login): one line, the others closed
+                self.close()
+                raise ConfigError(f"train.report_to: {tracker} did not start: {type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else ''}") from err
 
     def row(self, row: dict) -> None:
         if self.console is not None:

@@ -1,11 +1,14 @@
 """Watching a run: TensorBoard event files (read back with TensorBoard's own reader, across a crash and a
-resume), plain progress lines without a terminal, the bar's numbers, the rows' clock and token count, the
+resume), W&B, trackio and MLflow offline (read back with their own readers), plain progress lines without a terminal, the bar's numbers, the rows' clock and token count, the
 completions kept per validation, and `train.report_to`'s errors."""
 
 import importlib.util
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ import pytest
 from llm_runs.config import ConfigError, load
 from llm_runs.reward import score
 from llm_runs.trainer import Trainer
+from llm_runs import watch
 from llm_runs.watch import Console, tag, trackers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,17 +155,28 @@ def test_on_a_terminal_the_bar_shows_validation_accuracy_and_lr():
     assert re.search(r"3/4 .*val=0\.625", stream.getvalue())
 
 
-def test_report_to_names_are_checked_before_anything_loads(tmp_path):
+def test_report_to_names_are_checked_before_anything_loads(tmp_path, monkeypatch):
     assert trackers("none") == [] and trackers("") == []
     assert trackers("auto") == (["tensorboard"] if importlib.util.find_spec("tensorboard") else [])
     assert trackers("tensorboard") == ["tensorboard"]
     with pytest.raises(ConfigError, match=r"train\.report_to: unknown neptune"):
         trackers("tensorboard,neptune")
     for name in ("wandb", "trackio", "mlflow"):
-        if importlib.util.find_spec(name) is None:
-            with pytest.raises(ConfigError, match=rf"train\.report_to: {name} is not installed \(pip install {name}\)"):
-                Trainer(load(TINY, [f"train.report_to={name}", "model.path=/nowhere"]), tmp_path / "r")
-            assert not (tmp_path / "r").exists()  # refused before the run folder is made
+        # as if the tracker were not installed (the test extra installs all three)
+        monkeypatch.setitem(watch.TRACKERS, name, f"{name}_absent_for_this_test")
+        with pytest.raises(ConfigError, match=rf"train\.report_to: {name} is not installed \(pip install {name}\)"):
+            Trainer(load(TINY, [f"train.report_to=tensorboard,{name}", "model.path=/nowhere"]), tmp_path / "r")
+        assert not (tmp_path / "r").exists()  # refused before the run folder is made
+
+
+def test_a_tracker_that_cannot_start_is_one_error_naming_it(tiny_model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # MLflow 3 refuses a folder store without it
+    t = Trainer(config(tiny_model_dir, tmp_path, "train.report_to=tensorboard,mlflow"), tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match=r"^train\.report_to: mlflow did not start: MlflowException: "):
+        t.train()
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()  # before the first step
 
 
 def test_tracker_names_group_the_metrics():
@@ -175,3 +190,68 @@ def test_the_trainer_writes_events_by_default_where_tensorboard_is_installed(tin
     assert c.train.report_to == "auto"
     Trainer(c, tmp_path / "d", progress=False).train()
     assert list((tmp_path / "d" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+READ_TRACKERS = """
+import json, sys
+import mlflow
+from trackio.sqlite_storage import SQLiteStorage
+ids = json.load(open(sys.argv[1]))
+client = mlflow.tracking.MlflowClient()
+print(json.dumps({
+    "mlflow_loss": [(m.step, m.value) for m in client.get_metric_history(ids["mlflow"], "train.loss")],
+    "mlflow_val": [(m.step, m.value) for m in client.get_metric_history(ids["mlflow"], "val.mean_at_k")],
+    "mlflow_params": client.get_run(ids["mlflow"]).data.params,
+    "trackio_runs": SQLiteStorage.get_runs("pgpo"),
+    "trackio_loss": [(r["step"], r.get("train/loss")) for r in SQLiteStorage.get_logs("pgpo", sys.argv[2])],
+}))
+"""
+
+
+@pytest.mark.slow
+def test_wandb_trackio_and_mlflow_get_every_row_and_a_resume_continues_their_runs(tiny_model_dir, tmp_path):
+    """The real trackers, offline (W&B's offline mode, trackio's local database, MLflow's file store): a
+    2-step run, then `--resume … train.steps=4`; each tracker's own reader gives back the rows."""
+    for name in ("wandb", "trackio", "mlflow"):
+        pytest.importorskip(name)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "TRACKIO_DIR": str(tmp_path / "trackio"), "MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri(),
+           "MLFLOW_ALLOW_FILE_STORE": "true"}
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "llm_runs", *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run = tmp_path / "runs" / "r"
+    cli("train", "--config", str(TINY), "--no-progress", f"model.path={tiny_model_dir}", "model.tiny=false",
+        f"train.output_dir={tmp_path / 'runs'}", "train.run_name=r", f"data.train={FIXTURES / 'train.jsonl'}",
+        f"data.test={FIXTURES / 'test.jsonl'}", "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+        "eval.samples=2", "train.report_to=wandb,trackio,mlflow")
+    ids = json.loads((run / "trackers.json").read_text())
+    cli("train", "--resume", str(run), "--no-progress", "train.steps=4")
+    assert json.loads((run / "trackers.json").read_text()) == ids  # the same tracker runs, continued
+    logged = {r["step"]: r for r in rows(run)}
+    assert sorted(logged) == [1, 2, 3, 4]
+
+    read = subprocess.run([sys.executable, "-c", READ_TRACKERS, str(run / "trackers.json"), "r"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert read.returncode == 0, read.stderr[-3000:]
+    got = json.loads(read.stdout.strip().splitlines()[-1])
+    for points in (got["mlflow_loss"], got["trackio_loss"]):
+        # step 2 was checkpointed before its validation, so the resume redid it: these trackers keep both points
+        assert sorted({step for step, _ in points}) == [1, 2, 3, 4]
+        last = dict(points)  # the later point of a step wins
+        assert [last[s] for s in range(1, 5)] == pytest.approx([logged[s]["loss"] for s in range(1, 5)], rel=1e-12)
+    assert dict(got["mlflow_val"]) == pytest.approx({2: logged[2]["val_mean_at_k"], 4: logged[4]["val_mean_at_k"]})
+    assert got["mlflow_params"]["pgpo.alpha"] == "1.0" and got["trackio_runs"] == ["r"]
+
+    attempts = sorted((run / "wandb").glob(f"offline-run-*-{ids['wandb']}"))
+    assert len(attempts) == 2  # the first run and its resume, under one W&B id
+    assert all((a / f"run-{ids['wandb']}.wandb").stat().st_size > 0 for a in attempts)
+    tables = sorted((run / "wandb").glob("offline-run-*/files/media/table/val/samples_*.table.json"))
+    kept = json.loads((run / "eval" / "step-000004.json").read_text())["samples"]
+    last = json.loads(tables[-1].read_text())
+    assert last["columns"] == ["idx", "reward", "answer", "question", "completion"]
+    assert [row[0] for row in last["data"]] == [s["idx"] for s in kept]
+    assert [row[4] for row in last["data"]] == [s["completion"] for s in kept]
