@@ -5,7 +5,8 @@ reads as the step does,
     information I → ρ → optimizer step (clipped; skipped if non-finite) → push weights → metrics row
 
 and `Trainer.train` runs steps with validation and checkpoints between them. The run's parts are built in
-`llm_runs.build`, micro-batches in `llm_runs.batch`, the metrics row in `llm_runs.metrics`.
+`llm_runs.build`, micro-batches in `llm_runs.batch`, the metrics row in `llm_runs.metrics`; the progress
+lines, TensorBoard and the other trackers in `llm_runs.watch`.
 
 `pgpo.enabled: false` is SDPO: a plain `optimizer.step()`. With PGPO the step is
 `pgpo.modulated_step(optimizer, ρ)`, ρ = min(1 + α·I, ρ_max) (or the smooth cap); α = 0 gives ρ = 1,
@@ -39,7 +40,6 @@ from llm_runs.metrics import StepMetrics
 from llm_runs.reward import score
 from llm_runs.rollout import Rollout, Sampling
 from llm_runs.teacher import AdapterTeacher, TeacherWeights, demonstrations
-from llm_runs.watch import Watch
 from llm_runs.tokens import pad_id
 from pgpo import Multiplier, global_information, modulated_step
 
@@ -392,8 +392,8 @@ class Trainer:
         if lead and not (self.resumed and saved.exists()):  # a resumed run keeps the config it started with
             saved.write_text(yaml.safe_dump(c.to_dict(), sort_keys=False))
         pending = self.state.pending_row is not None
-        self.watch = Watch(self.run_dir, c, start_step=self.state.step - pending,
-                           first_step=self.state.step + (not pending), progress=self.progress, lead=lead)
+        self.watch = watch.Watch(self.run_dir, c, start_step=self.state.step - pending,
+                                 first_step=self.state.step + (not pending), progress=self.progress, lead=lead)
         try:
             self._train_steps()
         finally:  # on a crash too: the trackers keep every row logged so far

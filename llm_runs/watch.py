@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import secrets
 import sys
 import time
@@ -100,8 +101,6 @@ class WandB:
     """A Weights & Biases run (project from WANDB_PROJECT, else "pgpo"), resumed under the same id."""
 
     def __init__(self, run_dir: Path, config: RunConfig, first_step: int, name: str):
-        import os
-
         import wandb
 
         self.wandb = wandb
@@ -125,8 +124,6 @@ class Trackio:
     """A trackio run (project from TRACKIO_PROJECT, else "pgpo"), resumed under the same name."""
 
     def __init__(self, run_dir: Path, config: RunConfig, first_step: int, name: str):
-        import os
-
         import trackio
 
         self.trackio = trackio
