@@ -12,7 +12,7 @@ import torch
 
 from pgpo import kl
 from sde_lab.oracles import QuadraticOracle, RandomHessianOracle
-from sde_lab.problem import Problem, deviation_factor
+from sde_lab.problem import Problem, deviation_factor, last_call_cached
 
 
 def gradient_signal(g: torch.Tensor) -> torch.Tensor:
@@ -68,18 +68,6 @@ def random_hessian(diag=(0.5, 1.0, 2.0), x0=(1.0, -1.0, 0.5), rotation_seed=0) -
     )
 
 
-def _last_call_cached(fn):
-    """fn, remembering its last argument: a solver asks for the drift and the diffusion at the same x."""
-    last = [None, None]
-
-    def cached(x):
-        if last[0] is not x:
-            last[0], last[1] = x, fn(x)
-        return last[1]
-
-    return cached
-
-
 # ---------------------------------------------------------------------------------------------
 # finite sums with real mini-batches (batch size 1, sampled uniformly)
 
@@ -92,7 +80,7 @@ def _finite_sum(name, dim, x0, per_sample, loss, lambda_max, info_of=gradient_si
     given, else `info_of` applied to the sampled gradient.
     """
 
-    per_sample = _last_call_cached(per_sample)
+    per_sample = last_call_cached(per_sample)
 
     def grad(x):
         return per_sample(x).mean(dim=1)
@@ -185,7 +173,7 @@ def self_distillation(prompts=8, answers=4, dim=3, bonus=2.0, feature_scale=0.5,
     def logits(theta):  # (M, n, K)
         return torch.einsum("nkd,pd->pnk", F.to(theta), theta)
 
-    @_last_call_cached
+    @last_call_cached
     def student_teacher(theta):
         z = logits(theta)
         return z.log_softmax(-1), (z + shift.to(theta)).log_softmax(-1)

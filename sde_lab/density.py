@@ -74,4 +74,9 @@ def sde_law(model, x0: float, horizon: float, lo: float, hi: float, cells: int =
 
     if model.noise_dim != 1:
         raise ValueError(f"sde_law needs a one-dimensional SDE, {model.name!r} has {model.noise_dim} noise dimensions")
-    return fokker_planck_1d(on_grid(model.drift), on_grid(model.diffusion), x0, horizon, lo, hi, cells)
+    from sde_lab.problem import dense_factor
+
+    def diffusion(x):  # any factor the SDE returns (a per-path scale times a constant, too), as (M, 1, 1)
+        return dense_factor(model.diffusion(x), x.shape[0])
+
+    return fokker_planck_1d(on_grid(model.drift), on_grid(diffusion), x0, horizon, lo, hi, cells)

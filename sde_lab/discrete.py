@@ -51,6 +51,15 @@ class DiscreteProcess:
     def name(self) -> str:
         return "SGD" if self.multiplier is None else f"PGPO[{self.signal}]"
 
+    @property
+    def time_step(self) -> float:
+        """The SDE time one step stands for: η (t = kη)."""
+        return self.eta
+
+    def initial_state(self) -> torch.Tensor:
+        """The state every path starts from, (d,): x0."""
+        return self.problem.x0
+
     def step(self, x: torch.Tensor, z: torch.Tensor | None = None, gen: torch.Generator | None = None) -> torch.Tensor:
         """x (M, d) → x' (M, d); z (M, m) standard normals for noise="gaussian", else `gen` draws a batch."""
         if self.noise == "gaussian":

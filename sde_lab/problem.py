@@ -19,7 +19,7 @@ SDE's law depends on Σ only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -129,11 +129,28 @@ class Problem:
         return out if isinstance(out, tuple) else (out, None)
 
 
-def apply_noise(factor: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """S z for a factor (d, m) or (M, d, m) and noise z (M, m) → (M, d)."""
+class ScaledFactor(NamedTuple):
+    """A diffusion c·S kept in its two parts, c (M,) per path and S (d, m) or (M, d, m): applied as c·(S z), so
+    a factor shared by every path is never copied once per path (PGPO's ρ(X)·√η·Σ^{1/2} with a constant Σ)."""
+
+    scale: torch.Tensor
+    factor: torch.Tensor
+
+
+def apply_noise(factor, z: torch.Tensor) -> torch.Tensor:
+    """S z for a factor (d, m), (M, d, m) or a `ScaledFactor`, and noise z (M, m) → (M, d)."""
+    if isinstance(factor, ScaledFactor):
+        return factor.scale[:, None] * apply_noise(factor.factor, z)
     if factor.dim() == 2:
         return z @ factor.T
     return torch.einsum("pdm,pm->pd", factor, z)
+
+
+def dense_factor(factor, paths: int) -> torch.Tensor:
+    """Any factor apply_noise takes, as one (M, d, m) tensor (for consumers that need the matrix itself)."""
+    if isinstance(factor, ScaledFactor):
+        return factor.scale[:, None, None] * dense_factor(factor.factor, paths)
+    return factor.expand(paths, -1, -1) if factor.dim() == 2 else factor
 
 
 def deviation_factor(per_sample: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -168,3 +185,16 @@ def expect_output(what: str, value, dims: tuple[str, ...], sizes: dict, dtype: t
 def _shape_text(dims, sizes) -> str:
     """("M", "d") → "(M, d)" or, with sizes, "(2, 3)"; one dimension reads "(M,)" as Python writes it."""
     return str(tuple(sizes.get(n, n) for n in dims)).replace("'", "")
+
+
+def last_call_cached(fn: Callable) -> Callable:
+    """fn, remembering its last argument and result: a solver asks for the drift and the diffusion at the same
+    state object, so fn runs once per sub-step (the argument is matched by identity, never by value)."""
+    last = [None, None]
+
+    def cached(x):
+        if last[0] is not x:
+            last[0], last[1] = x, fn(x)
+        return last[1]
+
+    return cached

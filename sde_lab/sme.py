@@ -32,7 +32,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from pgpo import Multiplier
-from sde_lab.problem import Problem, deviation_factor
+from sde_lab.problem import Problem, ScaledFactor, deviation_factor, last_call_cached
 
 SDES = ("scaled", "paper")
 DRIFTS = ("correct", "naive")
@@ -112,7 +112,8 @@ def models_and_orders() -> list[ModelOrder]:
 
 @dataclass
 class SDEModel:
-    """dX = drift(X) dt + diffusion(X) dW: drift (M, d) → (M, d), diffusion (M, d) → (M, d, m) or a constant (d, m)."""
+    """dX = drift(X) dt + diffusion(X) dW: drift (M, d) → (M, d), diffusion (M, d) → (M, d, m), a constant (d, m),
+    or a `ScaledFactor` (a per-path scale times either)."""
 
     name: str
     claimed_order: int
@@ -141,15 +142,14 @@ def sme(problem: Problem, eta: float, multiplier: Multiplier | None = None, sde:
     else:
         if problem.info is None:
             raise ValueError(f"PGPO with signal='state' needs problem.info; {problem.name!r} has none")
-        rho = lambda x: multiplier(problem.info(x))  # noqa: E731
+        rho = last_call_cached(lambda x: multiplier(problem.info(x)))  # the drift's ρ(X) reused by the diffusion
         b = lambda x: -rho(x)[:, None] * problem.grad(x)  # noqa: E731
 
     def diffusion(x):
         factor = problem.noise(x)
         if rho is None or sde == "paper":
             return root_eta * factor
-        scale = root_eta * rho(x)
-        return scale[:, None, None] * (factor if factor.dim() == 3 else factor[None])
+        return ScaledFactor(root_eta * rho(x), factor)  # ρ applied to S z, never to a per-path copy of S
 
     drift_fn = b if order == 1 else _second_order(b, eta)
     return SDEModel(declared.name, declared.claimed_order(multiplier), drift_fn, diffusion, problem.noise_dim())

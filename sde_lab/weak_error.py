@@ -19,10 +19,11 @@ from tqdm.auto import tqdm
 
 from pgpo import Multiplier
 from sde_lab import observables, schemes, stability
+from sde_lab.adaptive import Adaptive, AdaptiveProcess, adaptive_sde
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.coupling import coupled_paths
 from sde_lab.fit import PolynomialFit, SlopeFit, polynomial_fit, slope_fit
-from sde_lab.problem import Problem, expect_output
+from sde_lab.problem import Problem, ScaledFactor, expect_output
 from sde_lab.sme import SDEModel, sme
 
 REFERENCES = ("auto", "exact", "em")
@@ -136,7 +137,8 @@ class WeakErrorResult:
 def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | None = None, sde: str = "scaled",
                order: int = 1, signal: str = "state", test_fn=None, paths: int = 4000, seed: int = 0, *,
                drift: str = "correct", noise: str | None = None, reference: str = "auto", refine: int = 4,
-               richardson: bool = True, device="cpu", progress: bool = False) -> WeakErrorResult:
+               richardson: bool = True, device="cpu", progress: bool = False, adaptive: Adaptive | None = None,
+               rho_in: str = "drift") -> WeakErrorResult:
     """Measure e(η) on the ladder `etas` at time `horizon` and fit its order.
 
     Args:
@@ -160,6 +162,11 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
         richardson: extrapolate the reference in dt.
         device: torch device for the paths.
         progress: show a progress bar over the ladder.
+        adaptive: an `sde_lab.adaptive.Adaptive` (RMSprop or Adam in the scaling of Malladi et al.): the
+            discrete process is that optimizer at lr η (PGPO on it with a multiplier, state signal), one step
+            standing for h = η² of SDE time, so `horizon` takes T/η² steps; the SDE is
+            `adaptive.adaptive_sde` with `rho_in`; the test function reads θ from the augmented state.
+        rho_in: for PGPO on an adaptive optimizer, where ρ enters the SDE besides θ's drift: "drift" or "both".
     """
     etas = _ladder(etas)
     if isinstance(horizon, bool) or not isinstance(horizon, (int, float)) or not 0 < horizon < float("inf"):
@@ -167,20 +174,33 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
     for name, value, least in (("paths", paths, 2), ("refine", refine, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
-    steps = _steps(etas, horizon)
+    if adaptive is not None and (signal != "state" or order != 1 or callable(sde) or noise not in (None, "gaussian")):
+        raise ValueError("adaptive processes are measured with signal='state', order=1, Gaussian noise and their "
+                         "own SDE (`rho_in` chooses among the PGPO candidates)")
+    time_steps = etas if adaptive is None else etas**2  # the SDE time of one step: η, or η² for RMSprop and Adam
+    steps = _steps(time_steps, horizon)
     rho_max = 1.0 if multiplier is None else multiplier.rho_max
-    lam = stability.check_ladder(problem, etas, rho_max)
+    # the stability bound η·ρ_max·λ_max < 2 is SGD's; an adaptive step's size is set by its preconditioner
+    lam = stability.check_ladder(problem, etas, rho_max) if adaptive is None else None
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
     if noise is None:
         noise = "sample" if signal == "minibatch" else "gaussian"
     test_name, g = observables.resolve(test_fn, problem)
-    models = [_user_model(sde, eta, problem) if callable(sde) else sme(problem, eta, multiplier, sde, order, signal, drift)
-              for eta in etas]
-    processes = [DiscreteProcess(problem, eta, multiplier, signal, noise) for eta in etas]
+    if adaptive is not None:
+        models = [adaptive_sde(problem, adaptive, multiplier, rho_in)] * len(etas)  # the SDE does not depend on η
+        processes = [AdaptiveProcess(problem, eta, adaptive, multiplier) for eta in etas]
+        on_theta = g
+        g = lambda state: on_theta(state[:, :problem.dim])  # noqa: E731  test functions see θ only
+    else:
+        models = [_user_model(sde, eta, problem) if callable(sde) else sme(problem, eta, multiplier, sde, order, signal,
+                                                                            drift) for eta in etas]
+        processes = [DiscreteProcess(problem, eta, multiplier, signal, noise) for eta in etas]
 
-    times = etas[0] * np.arange(1, steps[0] + 1)  # every multiple of the coarsest step
-    exact = _exact_errors(problem, etas, steps, horizon, multiplier, sde, order, noise, test_name, reference, times)
+    times = time_steps[0] * np.arange(1, steps[0] + 1)  # every multiple of the coarsest step
+    exact = None if adaptive is not None and reference != "exact" else \
+        _exact_errors(problem, etas, steps, horizon, multiplier, sde, order, noise, test_name, reference, times,
+                      adaptive)
     notes = []
     if exact is not None:
         checkpoints = exact
@@ -204,7 +224,7 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
                 farthest = _farthest(y)
                 reach_now = float(farthest.norm()) if len(farthest) else 0.0
                 seen.append(_difference(g, x, y, y_coarse, reach_now, SCHEME.weak_order))
-                visited.append(farthest)
+                visited.append(farthest[:, :problem.dim])  # θ, where the curvature is measured
                 reach[j] = max(reach[j], reach_now)
 
             _, y_final, _ = coupled_paths(processes[j], models[j], steps[j], paths, refine, richardson, gen, device,
@@ -239,10 +259,14 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
             states = states[torch.linspace(0, len(states) - 1, min(len(states), 64)).round().long()]
             along = stability.max_curvature(problem.grad, torch.cat([problem.x0[None, :], states.to(problem.x0)]))
             lam = along if lam is None or (along is not None and along > lam) else lam
-    lam, source = stability.largest(problem.lambda_max, lam)
-    if lam is None:
-        notes.append(f"no stability check: the problem declares no lambda_max and its curvature could not be "
-                     f"measured (d = {problem.dim} > {stability.MAX_DIM}, or a non-finite Hessian)")
+    if adaptive is not None:
+        lam, source = None, "unknown"
+        notes.append("no stability check: the bound η·ρ_max·λ_max < 2 is SGD's, not an adaptive optimizer's")
+    else:
+        lam, source = stability.largest(problem.lambda_max, lam)
+        if lam is None:
+            notes.append(f"no stability check: the problem declares no lambda_max and its curvature could not be "
+                         f"measured (d = {problem.dim} > {stability.MAX_DIM}, or a non-finite Hessian)")
     ratios = np.full(len(etas), np.nan) if lam is None else etas * rho_max * max(lam, 0.0)
     fit = slope_fit(etas, errors, stderr)
     poly = polynomial_fit(etas, errors, stderr, fit.used)
@@ -311,6 +335,9 @@ def _user_model(sde, eta: float, problem: Problem) -> SDEModel:
     sizes = {"M": 2, "d": problem.dim, "m": model.noise_dim}
     expect_output(f"SDE {model.name!r}: drift(x)", model.drift(x), ("M", "d"), sizes, x.dtype)
     factor = model.diffusion(x)
+    if isinstance(factor, ScaledFactor):
+        expect_output(f"SDE {model.name!r}: diffusion(x).scale", factor.scale, ("M",), sizes, x.dtype)
+        factor = factor.factor
     dims = ("d", "m") if isinstance(factor, torch.Tensor) and factor.dim() == 2 else ("M", "d", "m")
     expect_output(f"SDE {model.name!r}: diffusion(x)", factor, dims, sizes, x.dtype)
     return model
@@ -326,10 +353,11 @@ def _steps(etas: np.ndarray, horizon: float) -> list[int]:
     return steps
 
 
-def _exact_errors(problem, etas, steps, horizon, multiplier, sde, order, noise, test_name, reference, times):
+def _exact_errors(problem, etas, steps, horizon, multiplier, sde, order, noise, test_name, reference, times,
+                  adaptive=None):
     """Exact signed errors (len(etas), len(times)) from the oracle, or None when it does not cover the case."""
     oracle = problem.oracle
-    covered = oracle is not None and multiplier is None and noise == "gaussian" and not callable(sde)
+    covered = oracle is not None and multiplier is None and adaptive is None and noise == "gaussian" and not callable(sde)
     covered = covered and oracle.discrete(etas[0], 1, test_name) is not None
     if reference == "exact" and not covered:
         raise ValueError(f"no exact reference for {problem.name!r} with this process and test_fn={test_name!r}")

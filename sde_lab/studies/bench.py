@@ -4,10 +4,16 @@ The same 10-d Ornstein–Uhlenbeck process dX = −AX dt + B dW (A = diag(0.5…
 1000 steps of dt = 0.01 over ≥ 1000 paths, float64 on the CPU, by:
 - this engine (`sde_lab.schemes.EULER_MARUYAMA.step`, all paths at once, normals drawn per step);
 - the bare cost of drawing the same normals in the same chunks (torch.randn): the floor;
+- the simplest peer, a vectorised numpy Euler–Maruyama loop (y ← y − (y A) dt + z (√dt B)ᵀ with numpy's
+  normals), and numpy's bare normal draws;
 - sdeint's `itoEuler`, looped over paths, one call per path (sdeint has no batching);
 - torchsde's `sdeint(method="euler")` with `BrownianInterval(dt=h)`, batched, when torchsde is
   installed (`pip install -e ".[peers]"`).
 Throughput is path-steps per second; ratios are this engine's throughput over each peer's.
+
+And PGPO against SGD in `weak_error` on a user problem with a constant noise factor (a d-dimensional
+quadratic, Σ^{1/2} = 0.5·I, the smooth multiplier), 4 learning rates, 500 paths, at d = 10 and 100: the
+ratio of their wall times, which the PGPO diffusion ρ(X)·√η·Σ^{1/2} must not blow up with d.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from sde_lab.schemes import EULER_MARUYAMA
+from sde_lab.schemes import EULER_MARUYAMA, step_threads
 from sde_lab.sme import SDEModel
 
 DIM, STEPS, DT = 10, 1000, 0.01
@@ -36,9 +42,10 @@ def engine(paths: int, device="cpu", seed=0) -> float:
     gen = torch.Generator(device=device).manual_seed(seed)
     y = torch.ones(paths, DIM, dtype=torch.float64, device=device)
     start = time.perf_counter()
-    for _ in range(STEPS):
-        dw = torch.randn(paths, DIM, generator=gen, dtype=torch.float64, device=device) * DT**0.5
-        y = EULER_MARUYAMA.step(model, y, DT, dw)
+    with step_threads(paths * DIM, device):  # as `coupling.coupled_paths` runs it
+        for _ in range(STEPS):
+            dw = torch.randn(paths, DIM, generator=gen, dtype=torch.float64, device=device) * DT**0.5
+            y = EULER_MARUYAMA.step(model, y, DT, dw)
     _sync(device)
     return time.perf_counter() - start
 
@@ -51,6 +58,56 @@ def bare_normals(paths: int, device="cpu", seed=0) -> float:
         torch.randn(paths, DIM, generator=gen, dtype=torch.float64, device=device)
     _sync(device)
     return time.perf_counter() - start
+
+
+def numpy_loop(paths: int, seed=0) -> float:
+    """Seconds for the vectorised numpy Euler–Maruyama loop over the same process."""
+    a, b = (m.numpy() for m in _ou())
+    noise = DT**0.5 * b.T
+    rng = np.random.default_rng(seed)
+    y = np.ones((paths, DIM))
+    start = time.perf_counter()
+    for _ in range(STEPS):
+        y = y - DT * (y @ a) + rng.standard_normal((paths, DIM)) @ noise
+    return time.perf_counter() - start
+
+
+def bare_numpy_normals(paths: int, seed=0) -> float:
+    """Seconds for numpy to draw the loop's normals, and nothing else."""
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    for _ in range(STEPS):
+        rng.standard_normal((paths, DIM))
+    return time.perf_counter() - start
+
+
+def _quadratic(dim: int):
+    """A d-dimensional user problem with a constant noise factor: L = ½ Σ λ_i x_i², Σ^{1/2} = 0.5·I."""
+    from sde_lab.problem import Problem
+
+    lam = torch.linspace(0.5, 2.0, dim, dtype=torch.float64)
+    factor = 0.5 * torch.eye(dim, dtype=torch.float64)
+    return Problem(dim=dim, x0=torch.ones(dim, dtype=torch.float64), grad=lambda x: x * lam,
+                   noise_sqrt=factor, info=lambda x: (x * lam).square().sum(dim=1) / (1 + (x * lam).square().sum(dim=1)),
+                   name=f"quadratic-{dim}d", lambda_max=2.0)
+
+
+def pgpo_against_sgd(dim: int, paths: int = 500, repeats: int = 1) -> dict:
+    """Seconds of `weak_error` for SGD and for PGPO (smooth ρ, scaled diffusion) on `_quadratic(dim)`, 4 rungs."""
+    from sde_lab.sme import SMOOTH
+    from sde_lab.weak_error import weak_error
+
+    problem = _quadratic(dim)
+    etas, horizon = [2.0**-j for j in range(3, 7)], 0.5
+
+    def timed(multiplier):
+        start = time.perf_counter()
+        weak_error(problem, etas, horizon, multiplier, paths=paths, reference="em", test_fn="norm2")
+        return time.perf_counter() - start
+
+    sgd = min(timed(None) for _ in range(repeats))
+    pgpo = min(timed(SMOOTH) for _ in range(repeats))
+    return {"dim": dim, "paths": paths, "rungs": len(etas), "sgd_s": sgd, "pgpo_s": pgpo, "pgpo_over_sgd": pgpo / sgd}
 
 
 def sdeint_loop(paths: int, seed=0) -> float:
@@ -97,7 +154,8 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def run(paths: int = 1000, sdeint_paths: int | None = None, device="cpu", repeats: int = 3) -> dict:
+def run(paths: int = 1000, sdeint_paths: int | None = None, device="cpu", repeats: int = 3,
+        pgpo_dims: tuple = (10, 100)) -> dict:
     """Measure everything once (the best of `repeats` for the fast ones) and return the numbers."""
     sdeint_paths = paths if sdeint_paths is None else sdeint_paths
     engine(min(paths, 64), device)  # warm-up
@@ -105,15 +163,20 @@ def run(paths: int = 1000, sdeint_paths: int | None = None, device="cpu", repeat
     floor = min(bare_normals(paths, device) for _ in range(repeats))
     peer_sdeint = sdeint_loop(sdeint_paths) * paths / sdeint_paths
     peer_torchsde = torchsde_batched(paths)
+    numpy_em = min(numpy_loop(paths) for _ in range(repeats))
+    numpy_floor = min(bare_numpy_normals(paths) for _ in range(repeats))
     rate = lambda seconds: paths * STEPS / seconds  # noqa: E731
     result = {
         "paths": paths, "steps": STEPS, "dim": DIM, "device": str(device), "sdeint_paths_timed": sdeint_paths,
-        "seconds": {"engine": ours, "bare_normals": floor, "sdeint_itoEuler_loop": peer_sdeint,
-                    "torchsde_euler_brownian_interval": peer_torchsde},
-        "path_steps_per_s": {"engine": rate(ours), "bare_normals": rate(floor), "sdeint_itoEuler_loop": rate(peer_sdeint),
+        "seconds": {"engine": ours, "bare_normals": floor, "numpy_loop": numpy_em, "bare_numpy_normals": numpy_floor,
+                    "sdeint_itoEuler_loop": peer_sdeint, "torchsde_euler_brownian_interval": peer_torchsde},
+        "path_steps_per_s": {"engine": rate(ours), "bare_normals": rate(floor), "numpy_loop": rate(numpy_em),
+                             "bare_numpy_normals": rate(numpy_floor), "sdeint_itoEuler_loop": rate(peer_sdeint),
                              "torchsde_euler_brownian_interval": None if peer_torchsde is None else rate(peer_torchsde)},
         "ratios": {"engine_vs_sdeint": peer_sdeint / ours, "engine_time_over_bare_normals": ours / floor,
+                   "engine_vs_numpy_loop": numpy_em / ours,
                    "engine_vs_torchsde": None if peer_torchsde is None else peer_torchsde / ours},
+        "pgpo_against_sgd": [pgpo_against_sgd(d) for d in pgpo_dims],
     }
     return result
 
@@ -123,6 +186,7 @@ def report(result: dict) -> str:
     lines = [f"10-d OU, {result['steps']} Euler steps × {result['paths']} paths, float64, {result['device']}",
              f"{'':<38}{'path-steps/s':>14}"]
     for key, label in [("engine", "sde_lab engine"), ("bare_normals", "bare normal draws (floor)"),
+                       ("numpy_loop", "numpy Euler–Maruyama loop"), ("bare_numpy_normals", "bare numpy normal draws"),
                        ("sdeint_itoEuler_loop", "sdeint itoEuler, looped over paths"),
                        ("torchsde_euler_brownian_interval", "torchsde euler + BrownianInterval")]:
         lines.append(f"{label:<38}{s[key]:>14.3g}" if s[key] is not None else f"{label:<38}{'not installed':>14}")
@@ -130,6 +194,11 @@ def report(result: dict) -> str:
     if r["engine_vs_torchsde"] is not None:
         lines.append(f"engine vs torchsde: {r['engine_vs_torchsde']:.1f}×   (target ≥ 10×)")
     lines.append(f"engine time / bare normals: {r['engine_time_over_bare_normals']:.2f}   (target ≤ 1.5)")
+    lines.append(f"engine vs the numpy loop: {r['engine_vs_numpy_loop']:.2f}×   (target ≥ 1)")
+    for row in result.get("pgpo_against_sgd", []):
+        lines.append(f"weak_error, {row['dim']}-d quadratic, constant noise factor, {row['rungs']} rungs × {row['paths']} "
+                     f"paths: SGD {row['sgd_s']:.2f} s, PGPO {row['pgpo_s']:.2f} s, PGPO / SGD {row['pgpo_over_sgd']:.2f}"
+                     f"   (target ≤ 2)")
     if result["sdeint_paths_timed"] != result["paths"]:
         lines.append(f"(sdeint timed on {result['sdeint_paths_timed']} paths and scaled per path)")
     return "\n".join(lines)

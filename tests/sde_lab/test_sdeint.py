@@ -8,6 +8,7 @@ from scipy import stats
 
 from pgpo import Multiplier
 from sde_lab import catalog, sme
+from sde_lab.problem import dense_factor
 from sde_lab.schemes import EULER_MARUYAMA
 
 
@@ -18,8 +19,7 @@ def as_sdeint(model):
         return model.drift(torch.from_numpy(y)[None, :])[0].numpy()
 
     def G(y, t):
-        s = model.diffusion(torch.from_numpy(y)[None, :])
-        return (s[0] if s.dim() == 3 else s).numpy()
+        return dense_factor(model.diffusion(torch.from_numpy(y)[None, :]), 1)[0].numpy()
 
     return f, G
 

@@ -1,0 +1,204 @@
+"""RMSprop and Adam, and PGPO on each, as discrete processes and as SDEs, in the scaling under which the SDEs
+are their limits (Malladi, Lyu, Panigrahi & Arora, "On the SDEs and Scaling Rules for Adaptive Gradient
+Algorithms", NeurIPS 2022, arXiv 2205.10287).
+
+The scaling: as η → 0 with σ₀, ε₀, c₁, c₂ fixed,
+
+    g = ∇L(θ) + σ Σ^{1/2}(θ) z,  z ~ N(0, I),  σ = σ₀/η      (the gradient noise grows as η shrinks)
+    ε = ε₀/η,   1 − β₁ = c₁η²,   1 − β₂ = c₂η²,   one step = h = η² of SDE time
+
+and the second moment is carried in units of the noise, u = v/σ². The state of a path is the concatenation
+(θ, u, t) for RMSprop and (θ, m, u, t) for Adam, each block of width d except the time t = k·h (width 1),
+which Adam's bias corrections read. Test functions see θ only.
+
+Discrete (ρ = 1 without PGPO; PGPO scales the θ-update alone, the moments untouched):
+
+    RMSprop:  v' = β₂v + (1 − β₂)g²,   θ' = θ − ρ·η·g / (√v' + ε)
+    Adam:     m' = β₁m + (1 − β₁)g,  v' = β₂v + (1 − β₂)g²,
+              θ' = θ − ρ·η·m̂ / (√v̂ + ε),  m̂ = m'/(1 − β₁^{k+1}),  v̂ = v'/(1 − β₂^{k+1})
+
+(torch.optim.RMSprop(alpha=β₂, eps=ε) and torch.optim.Adam(betas=(β₁, β₂), eps=ε) take these steps; the
+tests check it.) In the scaled variables one RMSprop step is θ' = θ − ρ·h·(∇L + (σ₀/η)Σ^{1/2}z)/(σ₀√u' + ε₀)
+and one Adam step θ' = θ − ρ·h·(m'/γ₁)·√γ₂/(σ₀√u' + ε₀√γ₂) with γᵢ = 1 − βᵢ^{k+1}. Their SDEs (with
+γᵢ(t) = 1 − e^{−cᵢt}, P = diag(σ₀√u + ε₀√γ₂), γ₂ ≡ 1 for RMSprop):
+
+    RMSprop:  dθ = −ρ P⁻¹ (∇L dt + σ₀ Σ^{1/2} dW),         du = c₂ (diag Σ − u) dt
+    Adam:     dθ = −ρ (√γ₂/γ₁) P⁻¹ m dt,                     dm = c₁ (∇L − m) dt + c₁σ₀ Σ^{1/2} dW,
+              du = c₂ (diag Σ − u) dt
+
+ρ = ρ(I(θ)) for a state signal. For RMSprop the noise reaches θ directly, so ρ scales θ's diffusion with its
+drift; for Adam θ has no diffusion (the noise reaches it through m), so ρ can only scale the drift.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from pgpo import Multiplier
+from sde_lab.problem import Problem, apply_noise, dense_factor
+from sde_lab.sme import SDEModel
+
+KINDS = ("rmsprop", "adam")
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    """An adaptive optimizer in the SDE scaling: `kind` and the η-free constants σ₀, ε₀, c₁, c₂."""
+
+    kind: str = "adam"
+    sigma0: float = 1.0  # the gradient noise is σ₀/η times Σ^{1/2} z
+    eps0: float = 0.1  # ε = ε₀/η
+    c1: float = 1.0  # 1 − β₁ = c₁η² (Adam)
+    c2: float = 1.0  # 1 − β₂ = c₂η²
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        for name in ("sigma0", "eps0", "c1", "c2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+    def hyperparameters(self, eta: float) -> dict:
+        """The discrete optimizer's settings at step η: lr, β₁, β₂, ε, σ (the gradient noise's scale)."""
+        return {"lr": eta, "beta1": 1.0 - self.c1 * eta**2, "beta2": 1.0 - self.c2 * eta**2, "eps": self.eps0 / eta,
+                "sigma": self.sigma0 / eta}
+
+    def blocks(self, d: int) -> dict[str, slice]:
+        """Where each part of the state lies: θ, (m,) u, t."""
+        names = ["theta", "u"] if self.kind == "rmsprop" else ["theta", "m", "u"]
+        parts = {n: slice(i * d, (i + 1) * d) for i, n in enumerate(names)}
+        parts["t"] = slice(len(names) * d, len(names) * d + 1)
+        return parts
+
+    def state_dim(self, d: int) -> int:
+        return (2 if self.kind == "rmsprop" else 3) * d + 1
+
+    def initial_state(self, x0: torch.Tensor) -> torch.Tensor:
+        """(θ₀, 0, …, 0): moments and time start at zero, as torch's optimizers start."""
+        return torch.cat([x0, x0.new_zeros(self.state_dim(x0.shape[0]) - x0.shape[0])])
+
+
+def _gammas(setting: Adaptive, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """γ₁(t), γ₂(t) = 1 − e^{−cᵢt} for Adam's bias corrections, (M, 1) each; ones for RMSprop."""
+    if setting.kind == "rmsprop":
+        return torch.ones_like(t), torch.ones_like(t)
+    return -torch.expm1(-setting.c1 * t), -torch.expm1(-setting.c2 * t)
+
+
+@dataclass
+class AdaptiveProcess:
+    """RMSprop or Adam (PGPO on it with a `multiplier`, state signal) on `problem` at step `eta`, in the scaling
+    of `setting`; its state (M, D) is laid out as `setting.blocks` says. One step is h = η² of SDE time."""
+
+    problem: Problem
+    eta: float
+    setting: Adaptive
+    multiplier: Multiplier | None = None
+    noise: str = "gaussian"
+
+    def __post_init__(self):
+        if self.noise != "gaussian":
+            raise ValueError("the adaptive processes take Gaussian gradient noise (noise='gaussian') only")
+        if self.multiplier is not None and self.problem.info is None:
+            raise ValueError(f"PGPO needs problem.info; {self.problem.name!r} has none")
+
+    @property
+    def name(self) -> str:
+        base = {"rmsprop": "RMSprop", "adam": "Adam"}[self.setting.kind]
+        return base if self.multiplier is None else f"PGPO-{base}[state]"
+
+    @property
+    def time_step(self) -> float:
+        """The SDE time one step stands for: h = η²."""
+        return self.eta**2
+
+    def initial_state(self) -> torch.Tensor:
+        """(θ₀, 0, …, 0), (D,)."""
+        return self.setting.initial_state(self.problem.x0)
+
+    couples = True  # its Gaussian noise is the reference's increments (sde_lab.coupling)
+
+    def step(self, state: torch.Tensor, z: torch.Tensor | None = None, gen=None) -> torch.Tensor:
+        """state (M, D) → state' (M, D); z (M, m) standard normals."""
+        s, d, h = self.setting, self.problem.dim, self.eta**2
+        parts = s.blocks(d)
+        theta, u, t = state[:, parts["theta"]], state[:, parts["u"]], state[:, parts["t"]]
+        # g/σ = (η/σ₀)∇L + Σ^{1/2}z: the gradient in units of its noise
+        scaled_grad = (self.eta / s.sigma0) * self.problem.grad(theta) + apply_noise(self.problem.noise(theta), z)
+        u_next = u + s.c2 * h * (scaled_grad.square() - u)
+        rho = 1.0 if self.multiplier is None else self.multiplier(self.problem.info(theta))[:, None]
+        t_next = t + h
+        if s.kind == "rmsprop":
+            update = h * (s.sigma0 / self.eta) * scaled_grad / (s.sigma0 * u_next.sqrt() + s.eps0)
+            return torch.cat([theta - rho * update, u_next, t_next], dim=1)
+        m = state[:, parts["m"]]
+        m_next = m + s.c1 * h * ((s.sigma0 / self.eta) * scaled_grad - m)
+        # the bias corrections of step k + 1: 1 − β^{k+1}, with k + 1 = t'/h
+        k1 = torch.round(t_next / h)
+        g1 = -torch.expm1(k1 * math.log1p(-s.c1 * h))
+        g2 = -torch.expm1(k1 * math.log1p(-s.c2 * h))
+        update = h * (m_next / g1) * g2.sqrt() / (s.sigma0 * u_next.sqrt() + s.eps0 * g2.sqrt())
+        return torch.cat([theta - rho * update, m_next, u_next, t_next], dim=1)
+
+
+def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | None = None,
+                 rho_in: str = "drift") -> SDEModel:
+    """The SDE of `setting`'s optimizer (PGPO on it with a `multiplier`, state signal) on the state (M, D).
+
+    rho_in, where PGPO's ρ enters besides θ's drift: "drift" (nowhere else) or "both" (the noise's way into θ
+    too, as in SGD's scaled SME: θ's diffusion for RMSprop, m's diffusion for Adam — which the discrete Adam
+    does not do, since ρ leaves the moments untouched). Ignored without a multiplier."""
+    if rho_in not in ("drift", "both"):
+        raise ValueError(f"rho_in must be 'drift' or 'both', got {rho_in!r}")
+    s, d = setting, problem.dim
+    parts = s.blocks(d)
+    dim = s.state_dim(d)
+    noise_dim = problem.noise_dim()
+
+    def rho(theta):  # (M, 1)
+        if multiplier is None:
+            return torch.ones(theta.shape[0], 1, dtype=theta.dtype, device=theta.device)
+        return multiplier(problem.info(theta))[:, None]
+
+    def noise_rho(theta):  # ρ where it scales the noise, else 1
+        return rho(theta) if multiplier is not None and rho_in == "both" else torch.ones_like(theta[:, :1])
+
+    def preconditioner(u, g2):  # P = σ₀√u + ε₀√γ₂, (M, d)
+        return s.sigma0 * u.clamp(min=0.0).sqrt() + s.eps0 * g2.sqrt()
+
+    def drift(state):
+        theta, u, t = state[:, parts["theta"]], state[:, parts["u"]], state[:, parts["t"]]
+        g1, g2 = _gammas(s, t)
+        grad = problem.grad(theta)
+        sigma_diag = dense_factor(problem.noise(theta), state.shape[0]).square().sum(dim=2)  # diag Σ: (M, d)
+        du = s.c2 * (sigma_diag - u)
+        if s.kind == "rmsprop":
+            return torch.cat([-rho(theta) * grad / preconditioner(u, g2), du, torch.ones_like(t)], dim=1)
+        m = state[:, parts["m"]]
+        # m/γ₁ at t = 0 is 0/0 (m = 0, γ₁ = 0): nothing has moved yet, so the drift there is taken as 0
+        started = g1 > 0
+        corrected = torch.where(started, m / torch.where(started, g1, torch.ones_like(g1)), torch.zeros_like(m))
+        dtheta = -rho(theta) * corrected * g2.sqrt() / preconditioner(u, g2)
+        return torch.cat([dtheta, s.c1 * (grad - m), du, torch.ones_like(t)], dim=1)
+
+    def diffusion(state):
+        paths = state.shape[0]
+        theta, u = state[:, parts["theta"]], state[:, parts["u"]]
+        factor = dense_factor(problem.noise(theta), paths)  # Σ^{1/2}: (M, d, m)
+        out = state.new_zeros(paths, dim, noise_dim)
+        # signs as the coupling needs them (the process's normals are z = −ΣΔW/√h); the law is the same either way
+        if s.kind == "rmsprop":
+            scale = noise_rho(theta) * s.sigma0 / preconditioner(u, torch.ones_like(u))  # (M, d)
+            out[:, parts["theta"]] = scale[:, :, None] * factor
+        else:
+            out[:, parts["m"]] = -(s.c1 * s.sigma0 * noise_rho(theta))[:, :, None] * factor
+        return out
+
+    name = {"rmsprop": "RMSprop-SDE", "adam": "Adam-SDE"}[s.kind]
+    if multiplier is not None:
+        name = f"PGPO-{name}[ρ in {rho_in}]"
+    return SDEModel(name, 1, drift, diffusion, noise_dim)

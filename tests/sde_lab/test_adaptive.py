@@ -1,0 +1,101 @@
+"""RMSprop and Adam (and PGPO on each) as discrete processes in the SDE scaling, checked step for step
+against torch's own optimizers, and their SDEs against the formulas."""
+
+import math
+
+import pytest
+import torch
+
+from pgpo import Multiplier, modulated_step
+from sde_lab import catalog
+from sde_lab.adaptive import Adaptive, AdaptiveProcess, adaptive_sde
+from sde_lab.problem import apply_noise
+
+SMOOTH = Multiplier(2.0, 2.0, form="smooth")
+
+
+def torch_optimizer(kind, params, hp):
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"])
+    return torch.optim.RMSprop(params, lr=hp["lr"], alpha=hp["beta2"], eps=hp["eps"])
+
+
+@pytest.mark.parametrize("kind", ["rmsprop", "adam"])
+@pytest.mark.parametrize("multiplier", [None, SMOOTH])
+def test_the_discrete_process_takes_torch_optimizers_steps(kind, multiplier):
+    """The same gradients (∇L + σ Σ^{1/2} z, z fixed) through torch.optim.Adam / RMSprop (ρ through
+    pgpo.modulated_step) and through the process: θ, and the moments in the process's units, agree."""
+    problem = catalog.get("logistic_regression")
+    setting = Adaptive(kind, sigma0=0.7, eps0=0.05, c1=2.0, c2=3.0)
+    eta = 0.125
+    hp = setting.hyperparameters(eta)
+    process = AdaptiveProcess(problem, eta, setting, multiplier)
+    parts = setting.blocks(problem.dim)
+    gen = torch.Generator().manual_seed(0)
+    state = process.initial_state()[None, :].clone()
+    theta = torch.nn.Parameter(problem.x0.clone())
+    optimizer = torch_optimizer(kind, [theta], hp)
+    for _ in range(12):
+        z = torch.randn(1, problem.noise_dim(), generator=gen, dtype=torch.float64)
+        with torch.no_grad():
+            point = theta.detach()[None, :]
+            theta.grad = (problem.grad(point) + hp["sigma"] * apply_noise(problem.noise(point), z))[0]
+            rho = 1.0 if multiplier is None else float(multiplier(problem.info(point))[0])
+        if multiplier is None:
+            optimizer.step()
+        else:
+            modulated_step(optimizer, rho)
+        state = process.step(state, z)
+        assert torch.allclose(state[0, parts["theta"]], theta.detach(), rtol=1e-10, atol=1e-12)
+        moments = optimizer.state[theta]
+        v = moments["exp_avg_sq"] if kind == "adam" else moments["square_avg"]
+        assert torch.allclose(state[0, parts["u"]] * hp["sigma"] ** 2, v, rtol=1e-9)
+        if kind == "adam":
+            assert torch.allclose(state[0, parts["m"]], moments["exp_avg"], rtol=1e-9, atol=1e-12)
+    assert state[0, parts["t"]].item() == pytest.approx(12 * eta**2)
+
+
+def test_the_sde_is_the_formula():
+    problem = catalog.get("logistic_regression")
+    d = problem.dim
+    for kind in ("rmsprop", "adam"):
+        setting = Adaptive(kind, sigma0=0.7, eps0=0.05, c1=2.0, c2=3.0)
+        parts = setting.blocks(d)
+        state = setting.initial_state(problem.x0)[None, :].repeat(3, 1)
+        state[:, parts["u"]] = torch.tensor([0.2, 0.5, 1.0], dtype=torch.float64)[:, None]
+        state[:, parts["t"]] = 0.3
+        if kind == "adam":
+            state[:, parts["m"]] = 0.1
+        for multiplier, rho_in in ((None, "drift"), (SMOOTH, "drift"), (SMOOTH, "both")):
+            model = adaptive_sde(problem, setting, multiplier, rho_in)
+            theta, u = state[:, parts["theta"]], state[:, parts["u"]]
+            rho = torch.ones(3, 1, dtype=torch.float64) if multiplier is None else multiplier(problem.info(theta))[:, None]
+            g1 = 1.0 if kind == "rmsprop" else 1 - math.exp(-2.0 * 0.3)
+            g2 = 1.0 if kind == "rmsprop" else 1 - math.exp(-3.0 * 0.3)
+            p = 0.7 * u.sqrt() + 0.05 * math.sqrt(g2)
+            sigma = problem.noise(theta)
+            sigma = sigma if sigma.dim() == 3 else sigma.expand(3, -1, -1)
+            drift, diffusion = model.drift(state), model.diffusion(state)
+            assert torch.allclose(drift[:, parts["u"]], 3.0 * (sigma.square().sum(2) - u))
+            assert torch.equal(drift[:, parts["t"]], torch.ones(3, 1, dtype=torch.float64))
+            if kind == "rmsprop":
+                assert torch.allclose(drift[:, parts["theta"]], -rho * problem.grad(theta) / p)
+                noise_scale = rho if rho_in == "both" else torch.ones_like(rho)
+                assert torch.allclose(diffusion[:, parts["theta"]], (noise_scale * 0.7 / p)[:, :, None] * sigma)
+            else:
+                m = state[:, parts["m"]]
+                assert torch.allclose(drift[:, parts["theta"]], -rho * (m / g1) * math.sqrt(g2) / p)
+                assert torch.allclose(drift[:, parts["m"]], 2.0 * (problem.grad(theta) - m))
+                noise_scale = rho if rho_in == "both" else torch.ones_like(rho)
+                assert torch.allclose(diffusion[:, parts["m"]].abs(), (2.0 * 0.7 * noise_scale)[:, :, None] * sigma.abs())
+                assert not diffusion[:, parts["theta"]].any()  # θ has no noise of its own in Adam's SDE
+            assert not diffusion[:, parts["u"]].any() and not diffusion[:, parts["t"]].any()
+
+
+def test_bad_settings_are_refused_by_name():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Adaptive("sgd")
+    with pytest.raises(ValueError, match="eps0 must be a positive finite number"):
+        Adaptive("adam", eps0=0.0)
+    with pytest.raises(ValueError, match="rho_in must be"):
+        adaptive_sde(catalog.get("logistic_regression"), Adaptive(), SMOOTH, "nowhere")
