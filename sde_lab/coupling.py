@@ -18,7 +18,7 @@ import math
 import torch
 
 from sde_lab.discrete import DiscreteProcess
-from sde_lab.schemes import EULER_MARUYAMA, step_threads
+from sde_lab.schemes import EULER_MARUYAMA
 from sde_lab.sme import SDEModel
 
 
@@ -48,21 +48,20 @@ def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: 
     scale = math.sqrt(dt)
     coupled = coupled and process.couples
     noise_dim = process.problem.noise_dim()
-    with step_threads(paths * max(x.shape[1], model.noise_dim), device):  # small steps: one thread is faster
-        for k in range(1, steps + 1):
-            dw = torch.randn(sub, paths, model.noise_dim, generator=gen, device=device, dtype=dtype) * scale  # (2^r, M, m)
-            for j in range(sub):
-                y = scheme.step(model, y, dt, dw[j])
-            if richardson:
-                pairs = dw[0::2] + dw[1::2]
-                for j in range(sub // 2):
-                    y_coarse = scheme.step(model, y_coarse, 2 * dt, pairs[j])
-            if coupled:
-                x = process.step(x, z=-dw.sum(dim=0) / math.sqrt(h))
-            elif process.noise == "gaussian":  # independent normals of its own
-                x = process.step(x, z=torch.randn(paths, noise_dim, generator=gen, device=device, dtype=dtype))
-            else:
-                x = process.step(x, gen=gen)
-            if observe is not None and k % every == 0:
-                observe(x, y, y_coarse)
+    for k in range(1, steps + 1):
+        dw = torch.randn(sub, paths, model.noise_dim, generator=gen, device=device, dtype=dtype) * scale  # (2^r, M, m)
+        for j in range(sub):
+            y = scheme.step(model, y, dt, dw[j])
+        if richardson:
+            pairs = dw[0::2] + dw[1::2]
+            for j in range(sub // 2):
+                y_coarse = scheme.step(model, y_coarse, 2 * dt, pairs[j])
+        if coupled:
+            x = process.step(x, z=-dw.sum(dim=0) / math.sqrt(h))
+        elif process.noise == "gaussian":  # independent normals of its own
+            x = process.step(x, z=torch.randn(paths, noise_dim, generator=gen, device=device, dtype=dtype))
+        else:
+            x = process.step(x, gen=gen)
+        if observe is not None and k % every == 0:
+            observe(x, y, y_coarse)
     return x, y, y_coarse

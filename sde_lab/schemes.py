@@ -10,8 +10,6 @@ combine to remove the leading term (Richardson, step ratio 2):
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 
 from sde_lab.problem import apply_noise
@@ -39,23 +37,3 @@ def richardson(fine, coarse, order: int):
     ratio = 2.0**order
     return (ratio * fine - coarse) / (ratio - 1.0)
 
-
-SMALL = 1 << 16  # elements per step below which one CPU thread beats several (measured: `python -m sde_lab bench`)
-
-
-@contextmanager
-def step_threads(elements: int, device="cpu"):
-    """Run a loop of small per-step tensor operations on one CPU thread, then restore the thread count.
-
-    A step on M paths × d coordinates costs a few microseconds of arithmetic; splitting each operation over
-    threads costs more than it saves (on 2 cores, 1000 × 10 float64 steps run ~3× faster on one thread). Large
-    steps (≥ SMALL elements) and CUDA keep torch's setting."""
-    if str(device).startswith("cuda") or elements >= SMALL or torch.get_num_threads() == 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

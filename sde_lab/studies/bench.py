@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from sde_lab.schemes import EULER_MARUYAMA, step_threads
+from sde_lab.schemes import EULER_MARUYAMA
 from sde_lab.sme import SDEModel
 
 DIM, STEPS, DT = 10, 1000, 0.01
@@ -42,10 +42,9 @@ def engine(paths: int, device="cpu", seed=0) -> float:
     gen = torch.Generator(device=device).manual_seed(seed)
     y = torch.ones(paths, DIM, dtype=torch.float64, device=device)
     start = time.perf_counter()
-    with step_threads(paths * DIM, device):  # as `coupling.coupled_paths` runs it
-        for _ in range(STEPS):
-            dw = torch.randn(paths, DIM, generator=gen, dtype=torch.float64, device=device) * DT**0.5
-            y = EULER_MARUYAMA.step(model, y, DT, dw)
+    for _ in range(STEPS):
+        dw = torch.randn(paths, DIM, generator=gen, dtype=torch.float64, device=device) * DT**0.5
+        y = EULER_MARUYAMA.step(model, y, DT, dw)
     _sync(device)
     return time.perf_counter() - start
 
