@@ -179,10 +179,11 @@ def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | N
         if s.kind == "rmsprop":
             return torch.cat([-rho(theta) * grad / preconditioner(u, g2), du, torch.ones_like(t)], dim=1)
         m = state[:, parts["m"]]
-        # m/γ₁ at t = 0 is 0/0 (m = 0, γ₁ = 0): nothing has moved yet, so the drift there is taken as 0
-        started = g1 > 0
-        corrected = torch.where(started, m / torch.where(started, g1, torch.ones_like(g1)), torch.zeros_like(m))
-        dtheta = -rho(theta) * corrected * g2.sqrt() / preconditioner(u, g2)
+        # at t = 0, m/γ₁ and √γ₂/P are both 0/0 (m = u = 0, γ₁ = γ₂ = 0): nothing has moved yet, so θ's drift
+        # there is taken as 0; for t > 0 it is finite (√γ₂/P → 1/(σ₀√diag Σ + ε₀), m/γ₁ ~ t^{-1/2} integrable)
+        started = (g1 > 0).expand_as(m)
+        ratio = (m / g1) * g2.sqrt() / preconditioner(u, g2)
+        dtheta = -rho(theta) * torch.where(started, ratio, torch.zeros_like(m))
         return torch.cat([dtheta, s.c1 * (grad - m), du, torch.ones_like(t)], dim=1)
 
     def diffusion(state):

@@ -92,6 +92,26 @@ def test_the_sde_is_the_formula():
             assert not diffusion[:, parts["u"]].any() and not diffusion[:, parts["t"]].any()
 
 
+def test_adams_sde_starts_finite_where_its_bias_corrections_are_zero_over_zero():
+    """At t = 0, m = u = 0 and γ₁ = γ₂ = 0: θ's drift is taken as 0 (not NaN), and one Euler step later it is
+    finite and points down the gradient on average."""
+    problem = catalog.get("quadratic")
+    setting = Adaptive("adam", sigma0=1.0, eps0=0.1)
+    model = adaptive_sde(problem, setting, SMOOTH)
+    start = setting.initial_state(problem.x0)[None, :].repeat(4000, 1)
+    drift = model.drift(start)
+    assert torch.isfinite(drift).all() and not drift[:, :problem.dim].any()
+    gen = torch.Generator().manual_seed(0)
+    dt = 1e-3
+    state = start
+    for _ in range(3):
+        dw = torch.randn(4000, model.noise_dim, generator=gen, dtype=torch.float64) * dt**0.5
+        state = state + model.drift(state) * dt + apply_noise(model.diffusion(state), dw)
+    step = model.drift(state)[:, :problem.dim]
+    assert torch.isfinite(step).all()
+    assert (step.mean(0) * problem.grad(problem.x0[None, :])[0] < 0).all()  # descent, coordinate by coordinate
+
+
 def test_bad_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="kind must be one of"):
         Adaptive("sgd")
