@@ -18,6 +18,7 @@ from llm_runs.reward import score
 from llm_runs.trainer import Trainer
 from llm_runs import watch
 from llm_runs.watch import Console, tag, trackers
+from tests.llm_runs.test_trainer import config as tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "llm_runs" / "configs" / "tiny_cpu.yaml"
@@ -25,10 +26,9 @@ FIXTURES = ROOT / "llm_runs" / "fixtures" / "toy_science"
 
 
 def config(model_dir, out, *overrides):
-    return load(TINY, [f"model.path={model_dir}", "model.tiny=false", f"train.output_dir={out}",
-                       f"data.train={FIXTURES / 'train.jsonl'}", f"data.test={FIXTURES / 'test.jsonl'}",
-                       "train.eval_every=2", "train.checkpoint_every=2", "train.keep_checkpoints=null",
-                       "eval.samples=2", "eval.keep_samples=3", "train.steps=4", *overrides])
+    """test_trainer's tiny config, validated and checkpointed every 2 of 4 steps (later overrides win)."""
+    return tiny_config(model_dir, out, "train.eval_every=2", "train.checkpoint_every=2", "train.keep_checkpoints=null",
+                       "eval.samples=2", "eval.keep_samples=3", "train.steps=4", *overrides)
 
 
 def rows(run_dir):

@@ -119,3 +119,19 @@ def test_bad_settings_are_refused_by_name():
         Adaptive("adam", eps0=0.0)
     with pytest.raises(ValueError, match="rho_in must be"):
         adaptive_sde(catalog.get("logistic_regression"), Adaptive(), SMOOTH, "nowhere")
+
+
+def test_weak_error_runs_an_adaptive_process_on_its_own_clock_and_tells_the_rho_placements_apart():
+    """PGPO on RMSprop, coupled to its SDE: a step is h = η² of SDE time, and ρ must scale θ's diffusion with its
+    drift — with ρ in the drift alone the error stays O(1) at every η (measured ≈ 2.2 on this problem)."""
+    from sde_lab.weak_error import weak_error
+
+    problem, setting, etas = catalog.get("quadratic"), Adaptive("rmsprop", sigma0=1.0, eps0=0.1), [0.25, 0.125]
+    results = {rho_in: weak_error(problem, etas, 1.0, SMOOTH, paths=1000, adaptive=setting, rho_in=rho_in,
+                                  test_fn="norm2") for rho_in in ("both", "drift")}
+    both, drift = results["both"], results["drift"]
+    assert both.process == "PGPO-RMSprop[state]" and drift.sde == "PGPO-RMSprop-SDE[ρ in drift]"
+    assert both.checkpoint_times.tolist() == pytest.approx([0.0625 * k for k in range(1, 17)])  # T/η² = 16 steps
+    assert any("SGD's, not an adaptive optimizer's" in note for note in both.notes)
+    assert all(abs(e) < 0.3 for e in both.errors) and all(e > 1.5 for e in drift.errors)
+    assert all(e > 10 * s for e, s in zip(drift.errors, drift.stderr))
