@@ -7,8 +7,11 @@ The library:
 - `Problem`, `catalog`      what is optimised: ∇L, Σ^{1/2}, the information signal, mini-batches; the built-ins;
 - `observables`, `oracles`  test functions g; exact moments where a problem has them;
 - `DiscreteProcess`         SGD / PGPO at step η (`discrete`);
+- `Adaptive`                RMSprop / Adam (PGPO on each) in Malladi et al.'s scaling, with their SDEs,
+                            each declaring its order in h = η² (`adaptive`);
 - `sme`, `SDEModel`         their stochastic modified equations, each declaring the weak order it claims
                             (`sme.models_and_orders()`: every one with its order);
+- `brownian`                the solvers' Brownian increments (numpy's generator on the CPU);
 - `schemes`, `coupling`     Euler–Maruyama (declaring its weak and strong order), Richardson extrapolation
                             at that order; the coupled simulation of a process against its SDE;
 - `weak_error`, `fit`       the measurement and its fits with 95% intervals;
@@ -26,9 +29,11 @@ if _MISSING:
                       f"pip install -e '.[sde]'; everything: '.[all]')")
 
 from sde_lab import catalog
+from sde_lab.adaptive import Adaptive, AdaptiveProcess, adaptive_sde
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.problem import Problem
 from sde_lab.sme import SDEModel, sme
 from sde_lab.weak_error import WeakErrorResult, weak_error
 
-__all__ = ["Problem", "catalog", "DiscreteProcess", "SDEModel", "sme", "weak_error", "WeakErrorResult"]
+__all__ = ["Problem", "catalog", "DiscreteProcess", "SDEModel", "sme", "weak_error", "WeakErrorResult", "Adaptive",
+           "AdaptiveProcess", "adaptive_sde"]

@@ -38,10 +38,43 @@ from dataclasses import dataclass
 import torch
 
 from pgpo import Multiplier
-from sde_lab.problem import Problem, apply_noise, dense_factor
+from sde_lab.problem import BlockFactor, Problem, ScaledFactor, apply_noise, noise_variances
 from sde_lab.sme import SDEModel
 
 KINDS = ("rmsprop", "adam")
+RHO_IN = ("drift", "both")
+
+
+@dataclass(frozen=True)
+class AdaptiveFamily:
+    """One SDE that `adaptive_sde` builds: its arguments, its name and the weak order it claims (in h = η²)."""
+
+    kind: str
+    pgpo: bool
+    rho_in: str | None  # where ρ enters besides θ's drift (PGPO only)
+    name: str
+    claims: int
+
+
+# The claims follow where the discrete step carries ρ: on the whole θ-update, which for RMSprop holds the noise
+# (so ρ scales θ's diffusion too) and for Adam holds m, whose noise ρ never touches. Putting ρ anywhere else
+# changes the SDE's O(1) noise in this scaling (σ = σ₀/η), an error that does not shrink with η: order 0.
+ADAPTIVE_FAMILIES = (
+    AdaptiveFamily("rmsprop", False, None, "RMSprop-SDE", 1),
+    AdaptiveFamily("adam", False, None, "Adam-SDE", 1),
+    AdaptiveFamily("rmsprop", True, "both", "PGPO-RMSprop-SDE[ρ in θ's drift and diffusion]", 1),
+    AdaptiveFamily("rmsprop", True, "drift", "PGPO-RMSprop-SDE[ρ in θ's drift only]", 0),
+    AdaptiveFamily("adam", True, "drift", "PGPO-Adam-SDE[ρ in θ's drift only]", 1),
+    AdaptiveFamily("adam", True, "both", "PGPO-Adam-SDE[ρ also on m's noise]", 0),
+)
+
+
+def adaptive_family(kind: str, pgpo: bool, rho_in: str) -> AdaptiveFamily:
+    """The row of `ADAPTIVE_FAMILIES` that adaptive_sde builds for these arguments."""
+    for f in ADAPTIVE_FAMILIES:
+        if (f.kind, f.pgpo, f.rho_in) == (kind, pgpo, rho_in if pgpo else None):
+            return f
+    raise ValueError(f"no adaptive SDE for kind={kind!r}, pgpo={pgpo}, rho_in={rho_in!r}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +86,7 @@ class Adaptive:
     eps0: float = 0.1  # ε = ε₀/η
     c1: float = 1.0  # 1 − β₁ = c₁η² (Adam)
     c2: float = 1.0  # 1 − β₂ = c₂η²
+    t0: float = 0.0  # start warm: at SDE time t₀ (step t₀/η²) with the moments of t₀ spent at x₀ (see initial_state)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -61,6 +95,8 @@ class Adaptive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if isinstance(self.t0, bool) or not isinstance(self.t0, (int, float)) or not 0 <= self.t0 < math.inf:
+            raise ValueError(f"t0 must be a finite number >= 0, got {self.t0!r}")
 
     def hyperparameters(self, eta: float) -> dict:
         """The discrete optimizer's settings at step η: lr, β₁, β₂, ε, σ (the gradient noise's scale)."""
@@ -77,9 +113,24 @@ class Adaptive:
     def state_dim(self, d: int) -> int:
         return (2 if self.kind == "rmsprop" else 3) * d + 1
 
-    def initial_state(self, x0: torch.Tensor) -> torch.Tensor:
-        """(θ₀, 0, …, 0): moments and time start at zero, as torch's optimizers start."""
-        return torch.cat([x0, x0.new_zeros(self.state_dim(x0.shape[0]) - x0.shape[0])])
+    def initial_state(self, x0: torch.Tensor, problem: Problem | None = None) -> torch.Tensor:
+        """The state at the start, (D,): (θ₀, 0, …, 0) at t₀ = 0, as torch's optimizers start. With t₀ > 0 (the
+        `problem` is then needed), the moments are those of t₀ of SDE time spent at x₀, m = γ₁(t₀)∇L(x₀) and
+        u = γ₂(t₀) diag Σ(x₀), and the clock reads t₀: the optimizer met mid-run, past the start where Adam's
+        bias corrections are 0/0."""
+        state = torch.cat([x0, x0.new_zeros(self.state_dim(x0.shape[0]) - x0.shape[0])])
+        if self.t0 == 0:
+            return state
+        if problem is None:
+            raise ValueError("a warm start (t0 > 0) needs the problem, for ∇L(x₀) and Σ(x₀)")
+        parts = self.blocks(x0.shape[0])
+        point = x0[None, :]
+        # the SDE's moments after t₀ at a standing x₀ (dm = c₁(∇L − m)dt, du = c₂(diag Σ − u)dt from 0)
+        state[parts["u"]] = -math.expm1(-self.c2 * self.t0) * noise_variances(problem.noise(point)).reshape(-1)
+        if self.kind == "adam":
+            state[parts["m"]] = -math.expm1(-self.c1 * self.t0) * problem.grad(point).reshape(-1)
+        state[parts["t"]] = self.t0
+        return state
 
 
 def _gammas(setting: Adaptive, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,6 +156,9 @@ class AdaptiveProcess:
             raise ValueError("the adaptive processes take Gaussian gradient noise (noise='gaussian') only")
         if self.multiplier is not None and self.problem.info is None:
             raise ValueError(f"PGPO needs problem.info; {self.problem.name!r} has none")
+        start = self.setting.t0 / self.eta**2  # the step count t₀ stands for: Adam's bias corrections read it
+        if abs(start - round(start)) > 1e-9 * max(1.0, start):
+            raise ValueError(f"t0 = {self.setting.t0:g} is not a whole number of steps of h = η² = {self.eta**2:g}")
 
     @property
     def name(self) -> str:
@@ -117,8 +171,8 @@ class AdaptiveProcess:
         return self.eta**2
 
     def initial_state(self) -> torch.Tensor:
-        """(θ₀, 0, …, 0), (D,)."""
-        return self.setting.initial_state(self.problem.x0)
+        """The start (D,): see `Adaptive.initial_state`."""
+        return self.setting.initial_state(self.problem.x0, self.problem)
 
     couples = True  # its Gaussian noise is the reference's increments (sde_lab.coupling)
 
@@ -152,7 +206,7 @@ def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | N
     rho_in, where PGPO's ρ enters besides θ's drift: "drift" (nowhere else) or "both" (the noise's way into θ
     too, as in SGD's scaled SME: θ's diffusion for RMSprop, m's diffusion for Adam — which the discrete Adam
     does not do, since ρ leaves the moments untouched). Ignored without a multiplier."""
-    if rho_in not in ("drift", "both"):
+    if rho_in not in RHO_IN:
         raise ValueError(f"rho_in must be 'drift' or 'both', got {rho_in!r}")
     s, d = setting, problem.dim
     parts = s.blocks(d)
@@ -174,8 +228,7 @@ def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | N
         theta, u, t = state[:, parts["theta"]], state[:, parts["u"]], state[:, parts["t"]]
         g1, g2 = _gammas(s, t)
         grad = problem.grad(theta)
-        sigma_diag = dense_factor(problem.noise(theta), state.shape[0]).square().sum(dim=2)  # diag Σ: (M, d)
-        du = s.c2 * (sigma_diag - u)
+        du = s.c2 * (noise_variances(problem.noise(theta)) - u)  # diag Σ: (d,) or (M, d)
         if s.kind == "rmsprop":
             return torch.cat([-rho(theta) * grad / preconditioner(u, g2), du, torch.ones_like(t)], dim=1)
         m = state[:, parts["m"]]
@@ -187,19 +240,13 @@ def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | N
         return torch.cat([dtheta, s.c1 * (grad - m), du, torch.ones_like(t)], dim=1)
 
     def diffusion(state):
-        paths = state.shape[0]
         theta, u = state[:, parts["theta"]], state[:, parts["u"]]
-        factor = dense_factor(problem.noise(theta), paths)  # Σ^{1/2}: (M, d, m)
-        out = state.new_zeros(paths, dim, noise_dim)
+        factor = problem.noise(theta)  # Σ^{1/2}: (d, m) or (M, d, m), never copied per path or padded to (M, D, m)
         # signs as the coupling needs them (the process's normals are z = −ΣΔW/√h); the law is the same either way
         if s.kind == "rmsprop":
             scale = noise_rho(theta) * s.sigma0 / preconditioner(u, torch.ones_like(u))  # (M, d)
-            out[:, parts["theta"]] = scale[:, :, None] * factor
-        else:
-            out[:, parts["m"]] = -(s.c1 * s.sigma0 * noise_rho(theta))[:, :, None] * factor
-        return out
+            return BlockFactor(dim, parts["theta"], ScaledFactor(scale, factor))
+        return BlockFactor(dim, parts["m"], ScaledFactor(-s.c1 * s.sigma0 * noise_rho(theta)[:, 0], factor))
 
-    name = {"rmsprop": "RMSprop-SDE", "adam": "Adam-SDE"}[s.kind]
-    if multiplier is not None:
-        name = f"PGPO-{name}[ρ in {rho_in}]"
-    return SDEModel(name, 1, drift, diffusion, noise_dim)
+    declared = adaptive_family(s.kind, multiplier is not None, rho_in)
+    return SDEModel(declared.name, declared.claims, drift, diffusion, noise_dim)

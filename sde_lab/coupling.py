@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from sde_lab.brownian import Increments
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.schemes import EULER_MARUYAMA
 from sde_lab.sme import SDEModel
@@ -45,11 +46,11 @@ def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: 
     x = process.initial_state().to(device=device, dtype=dtype).expand(paths, -1).clone()
     y = x.clone()
     y_coarse = x.clone() if richardson else None
-    scale = math.sqrt(dt)
+    draws = Increments(gen, device, dtype)  # numpy's generator on the CPU, seeded from gen
     coupled = coupled and process.couples
     noise_dim = process.problem.noise_dim()
     for k in range(1, steps + 1):
-        dw = torch.randn(sub, paths, model.noise_dim, generator=gen, device=device, dtype=dtype) * scale  # (2^r, M, m)
+        dw = draws.brownian(dt, sub, paths, model.noise_dim)  # (2^r, M, m)
         for j in range(sub):
             y = scheme.step(model, y, dt, dw[j])
         if richardson:
@@ -59,7 +60,7 @@ def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: 
         if coupled:
             x = process.step(x, z=-dw.sum(dim=0) / math.sqrt(h))
         elif process.noise == "gaussian":  # independent normals of its own
-            x = process.step(x, z=torch.randn(paths, noise_dim, generator=gen, device=device, dtype=dtype))
+            x = process.step(x, z=draws.normals(paths, noise_dim))
         else:
             x = process.step(x, gen=gen)
         if observe is not None and k % every == 0:

@@ -130,27 +130,64 @@ class Problem:
 
 
 class ScaledFactor(NamedTuple):
-    """A diffusion c·S kept in its two parts, c (M,) per path and S (d, m) or (M, d, m): applied as c·(S z), so
-    a factor shared by every path is never copied once per path (PGPO's ρ(X)·√η·Σ^{1/2} with a constant Σ)."""
+    """A diffusion c·S kept in its two parts, c (M,) per path or (M, d) per path and row, and S (d, m) or
+    (M, d, m): applied as c·(S z), so a factor shared by every path is never copied once per path (PGPO's
+    ρ(X)·√η·Σ^{1/2} with a constant Σ; RMSprop's ρ·σ₀P⁻¹Σ^{1/2})."""
 
     scale: torch.Tensor
     factor: torch.Tensor
 
 
+class BlockFactor(NamedTuple):
+    """A diffusion whose only nonzero rows are `rows` of a state of width `dim` (an augmented state whose noise
+    enters one block: θ's for RMSprop, m's for Adam): `factor` is any factor apply_noise takes, for those rows."""
+
+    dim: int
+    rows: slice
+    factor: object
+
+
 def apply_noise(factor, z: torch.Tensor) -> torch.Tensor:
-    """S z for a factor (d, m), (M, d, m) or a `ScaledFactor`, and noise z (M, m) → (M, d)."""
+    """S z for a factor (d, m), (M, d, m), a `ScaledFactor` or a `BlockFactor`, and noise z (M, m) → (M, d)."""
     if isinstance(factor, ScaledFactor):
-        return factor.scale[:, None] * apply_noise(factor.factor, z)
+        scale = factor.scale if factor.scale.dim() == 2 else factor.scale[:, None]
+        return scale * apply_noise(factor.factor, z)
+    if isinstance(factor, BlockFactor):
+        out = z.new_zeros(z.shape[0], factor.dim)
+        out[:, factor.rows] = apply_noise(factor.factor, z)
+        return out
     if factor.dim() == 2:
         return z @ factor.T
     return torch.einsum("pdm,pm->pd", factor, z)
 
 
+def add_noise(out: torch.Tensor, factor, z: torch.Tensor) -> torch.Tensor:
+    """out += S z in place, for any factor apply_noise takes; returns out (M, d). The solvers' step ends with it, so
+    the common case (a constant (d, m) factor) is one fused multiply-add, with no (M, d) temporary."""
+    if isinstance(factor, torch.Tensor) and factor.dim() == 2:
+        return out.addmm_(z, factor.T)
+    if isinstance(factor, BlockFactor):
+        add_noise(out[:, factor.rows], factor.factor, z)  # a view: the rows of out are updated in place
+        return out
+    return out.add_(apply_noise(factor, z))
+
+
 def dense_factor(factor, paths: int) -> torch.Tensor:
     """Any factor apply_noise takes, as one (M, d, m) tensor (for consumers that need the matrix itself)."""
     if isinstance(factor, ScaledFactor):
-        return factor.scale[:, None, None] * dense_factor(factor.factor, paths)
+        scale = factor.scale[:, :, None] if factor.scale.dim() == 2 else factor.scale[:, None, None]
+        return scale * dense_factor(factor.factor, paths)
+    if isinstance(factor, BlockFactor):
+        inner = dense_factor(factor.factor, paths)
+        out = inner.new_zeros(paths, factor.dim, inner.shape[2])
+        out[:, factor.rows] = inner
+        return out
     return factor.expand(paths, -1, -1) if factor.dim() == 2 else factor
+
+
+def noise_variances(factor) -> torch.Tensor:
+    """diag Σ = diag(S Sᵀ) of a factor S (d, m) or (M, d, m): (d,) or (M, d), never forming Σ."""
+    return factor.square().sum(dim=-1)
 
 
 def deviation_factor(per_sample: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

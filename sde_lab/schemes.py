@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from sde_lab.problem import apply_noise
+from sde_lab.problem import add_noise
 
 
 class EulerMaruyama:
@@ -24,7 +24,8 @@ class EulerMaruyama:
 
     def step(self, model, y: torch.Tensor, dt: float, dw: torch.Tensor) -> torch.Tensor:
         """One step of the `SDEModel` `model`: y (M, d), increments dw (M, m) → (M, d)."""
-        return y + model.drift(y) * dt + apply_noise(model.diffusion(y), dw)
+        # y + b dt, then + σ ΔW in place on that new tensor: y itself is never written (callers keep it)
+        return add_noise(torch.add(y, model.drift(y), alpha=dt), model.diffusion(y), dw)
 
 
 EULER_MARUYAMA = EulerMaruyama()

@@ -54,6 +54,12 @@ class WeakErrorResult:
     notes: list[str] = field(default_factory=list)
     stability: np.ndarray | None = None  # η·ρ_max·λ_max per η (NaN where λ_max is unknown); < 2 is stable
     lambda_source: str = "unknown"  # "declared", "measured" (at x0 and along the SDE's paths) or "unknown"
+    fit_in: str = "η"  # the step the slope is fitted in: η, or "h = η²" for an adaptive process (its SDE time step)
+
+    @property
+    def fit_steps(self) -> np.ndarray:
+        """The abscissae of the slope and polynomial fits: η, or h = η² for an adaptive process."""
+        return self.etas**2 if self.fit_in.startswith("h") else self.etas
 
     @property
     def invalid_reasons(self) -> list[str]:
@@ -267,14 +273,16 @@ def weak_error(problem: Problem, etas, horizon: float, multiplier: Multiplier | 
             notes.append(f"no stability check: the problem declares no lambda_max and its curvature could not be "
                          f"measured (d = {problem.dim} > {stability.MAX_DIM}, or a non-finite Hessian)")
     ratios = np.full(len(etas), np.nan) if lam is None else etas * rho_max * max(lam, 0.0)
-    fit = slope_fit(etas, errors, stderr)
-    poly = polynomial_fit(etas, errors, stderr, fit.used)
+    # order p means e = O(step^p) in the SDE's own time step: η for SGD and PGPO, h = η² for RMSprop and Adam,
+    # whose weak order 1 is e = O(η²) (Malladi et al.'s definition, on the time scale t = kη²)
+    fit = slope_fit(time_steps, errors, stderr)
+    poly = polynomial_fit(time_steps, errors, stderr, fit.used)
     return WeakErrorResult(
         problem=problem.name, process=processes[0].name, sde=models[0].name, test_fn=test_name,
         claimed_order=models[0].claimed_order, horizon=float(horizon), etas=etas, errors=errors, stderr=stderr,
         paths=used_paths, diverged=diverged, reference=ref_name, slope_fit=fit, poly_fit=poly,
         checkpoint_times=times, checkpoint_errors=checkpoints, paths_needed=needed, notes=notes,
-        stability=ratios, lambda_source=source,
+        stability=ratios, lambda_source=source, fit_in="η" if adaptive is None else "h = η²",
     )
 
 

@@ -2,8 +2,10 @@
 
 The same 10-d Ornstein–Uhlenbeck process dX = −AX dt + B dW (A = diag(0.5…2), B = 0.5·I),
 1000 steps of dt = 0.01 over ≥ 1000 paths, float64 on the CPU, by:
-- this engine (`sde_lab.schemes.EULER_MARUYAMA.step`, all paths at once, normals drawn per step);
-- the bare cost of drawing the same normals in the same chunks (torch.randn): the floor;
+- this engine (`sde_lab.schemes.EULER_MARUYAMA.step`, all paths at once, increments drawn per step by
+  `sde_lab.brownian.Increments`: numpy's generator on the CPU, torch's on an accelerator);
+- the bare cost of drawing the same increments in the same chunks, and nothing else: the engine's floor;
+- torch's own float64 normals (torch.randn) in the same chunks, for comparison;
 - the simplest peer, a vectorised numpy Euler–Maruyama loop (y ← y − (y A) dt + z (√dt B)ᵀ with numpy's
   normals), and numpy's bare normal draws;
 - sdeint's `itoEuler`, looped over paths, one call per path (sdeint has no batching);
@@ -23,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+from sde_lab.brownian import Increments
 from sde_lab.schemes import EULER_MARUYAMA
 from sde_lab.sme import SDEModel
 
@@ -39,18 +42,27 @@ def engine(paths: int, device="cpu", seed=0) -> float:
     """Seconds for this engine's `paths` × STEPS Euler–Maruyama steps."""
     a, b = _ou(device=device)
     model = SDEModel("OU", 1, lambda x: -x @ a, lambda x: b, DIM)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    draws = Increments(torch.Generator(device=device).manual_seed(seed), device)
     y = torch.ones(paths, DIM, dtype=torch.float64, device=device)
     start = time.perf_counter()
     for _ in range(STEPS):
-        dw = torch.randn(paths, DIM, generator=gen, dtype=torch.float64, device=device) * DT**0.5
-        y = EULER_MARUYAMA.step(model, y, DT, dw)
+        y = EULER_MARUYAMA.step(model, y, DT, draws.brownian(DT, paths, DIM))
     _sync(device)
     return time.perf_counter() - start
 
 
 def bare_normals(paths: int, device="cpu", seed=0) -> float:
-    """Seconds to draw the engine's normals, in the same chunks, and nothing else."""
+    """Seconds to draw the engine's increments, in the same chunks, and nothing else."""
+    draws = Increments(torch.Generator(device=device).manual_seed(seed), device)
+    start = time.perf_counter()
+    for _ in range(STEPS):
+        draws.brownian(DT, paths, DIM)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def bare_torch_normals(paths: int, device="cpu", seed=0) -> float:
+    """Seconds for torch.randn to draw the same normals in the same chunks (torch's own generator)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     start = time.perf_counter()
     for _ in range(STEPS):
@@ -160,6 +172,7 @@ def run(paths: int = 1000, sdeint_paths: int | None = None, device="cpu", repeat
     engine(min(paths, 64), device)  # warm-up
     ours = min(engine(paths, device) for _ in range(repeats))
     floor = min(bare_normals(paths, device) for _ in range(repeats))
+    torch_floor = min(bare_torch_normals(paths, device) for _ in range(repeats))
     peer_sdeint = sdeint_loop(sdeint_paths) * paths / sdeint_paths
     peer_torchsde = torchsde_batched(paths)
     numpy_em = min(numpy_loop(paths) for _ in range(repeats))
@@ -167,9 +180,10 @@ def run(paths: int = 1000, sdeint_paths: int | None = None, device="cpu", repeat
     rate = lambda seconds: paths * STEPS / seconds  # noqa: E731
     result = {
         "paths": paths, "steps": STEPS, "dim": DIM, "device": str(device), "sdeint_paths_timed": sdeint_paths,
-        "seconds": {"engine": ours, "bare_normals": floor, "numpy_loop": numpy_em, "bare_numpy_normals": numpy_floor,
+        "seconds": {"engine": ours, "bare_normals": floor, "bare_torch_normals": torch_floor, "numpy_loop": numpy_em, "bare_numpy_normals": numpy_floor,
                     "sdeint_itoEuler_loop": peer_sdeint, "torchsde_euler_brownian_interval": peer_torchsde},
-        "path_steps_per_s": {"engine": rate(ours), "bare_normals": rate(floor), "numpy_loop": rate(numpy_em),
+        "path_steps_per_s": {"engine": rate(ours), "bare_normals": rate(floor), "bare_torch_normals": rate(torch_floor),
+                             "numpy_loop": rate(numpy_em),
                              "bare_numpy_normals": rate(numpy_floor), "sdeint_itoEuler_loop": rate(peer_sdeint),
                              "torchsde_euler_brownian_interval": None if peer_torchsde is None else rate(peer_torchsde)},
         "ratios": {"engine_vs_sdeint": peer_sdeint / ours, "engine_time_over_bare_normals": ours / floor,
@@ -184,7 +198,8 @@ def report(result: dict) -> str:
     s, r = result["path_steps_per_s"], result["ratios"]
     lines = [f"10-d OU, {result['steps']} Euler steps × {result['paths']} paths, float64, {result['device']}",
              f"{'':<38}{'path-steps/s':>14}"]
-    for key, label in [("engine", "sde_lab engine"), ("bare_normals", "bare normal draws (floor)"),
+    for key, label in [("engine", "sde_lab engine"), ("bare_normals", "its bare increment draws (floor)"),
+                       ("bare_torch_normals", "bare torch.randn draws"),
                        ("numpy_loop", "numpy Euler–Maruyama loop"), ("bare_numpy_normals", "bare numpy normal draws"),
                        ("sdeint_itoEuler_loop", "sdeint itoEuler, looped over paths"),
                        ("torchsde_euler_brownian_interval", "torchsde euler + BrownianInterval")]:
@@ -192,7 +207,7 @@ def report(result: dict) -> str:
     lines.append(f"engine vs sdeint: {r['engine_vs_sdeint']:.0f}×   (target ≥ 100×)")
     if r["engine_vs_torchsde"] is not None:
         lines.append(f"engine vs torchsde: {r['engine_vs_torchsde']:.1f}×   (target ≥ 10×)")
-    lines.append(f"engine time / bare normals: {r['engine_time_over_bare_normals']:.2f}   (target ≤ 1.5)")
+    lines.append(f"engine time / its bare draws: {r['engine_time_over_bare_normals']:.2f}   (target ≤ 1.5)")
     lines.append(f"engine vs the numpy loop: {r['engine_vs_numpy_loop']:.2f}×   (target ≥ 1)")
     for row in result.get("pgpo_against_sgd", []):
         lines.append(f"weak_error, {row['dim']}-d quadratic, constant noise factor, {row['rungs']} rungs × {row['paths']} "

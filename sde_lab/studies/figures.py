@@ -19,11 +19,12 @@ from tqdm.auto import tqdm
 
 from pgpo import PAPER_STYLE, Multiplier
 from sde_lab import catalog
+from sde_lab.adaptive import ADAPTIVE_FAMILIES, Adaptive
 from sde_lab.density import sde_law
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.oracles import stationary_spread
 from sde_lab.sme import KINKED, SMOOTH, sme
-from sde_lab.studies.settings import MINIBATCH, Q1D, SPREAD_HESSIAN, ladder
+from sde_lab.studies.settings import ADAPTIVE, ADAPTIVE_PROBLEMS, MINIBATCH, Q1D, SPREAD_HESSIAN, ladder
 from sde_lab.weak_error import weak_error
 
 
@@ -276,6 +277,66 @@ def _minibatch_draw(data: dict):
 
 
 # ---------------------------------------------------------------------------------------------
+# RMSprop, Adam and PGPO on Adam against their SDEs (Malladi et al.'s scaling), in the SDE's step h = η²
+
+ADAPTIVE_RUNS = [  # (label, the family's name in ADAPTIVE_FAMILIES, t₀)
+    ("RMSprop", "RMSprop-SDE", 0.0),
+    ("Adam", "Adam-SDE", 0.0),
+    ("Adam, warm start t₀ = 1", "Adam-SDE", 1.0),
+    ("PGPO-Adam, ρ in θ's drift", "PGPO-Adam-SDE[ρ in θ's drift only]", 0.0),
+]
+ADAPTIVE_WRONG = [  # the placements of ρ that miss the discrete step, beside the right ones, on the quadratic
+    ("PGPO-RMSprop, ρ in θ's drift and diffusion", "PGPO-RMSprop-SDE[ρ in θ's drift and diffusion]"),
+    ("PGPO-RMSprop, ρ in θ's drift only", "PGPO-RMSprop-SDE[ρ in θ's drift only]"),
+    ("PGPO-Adam, ρ in θ's drift", "PGPO-Adam-SDE[ρ in θ's drift only]"),
+    ("PGPO-Adam, ρ also on m's noise", "PGPO-Adam-SDE[ρ also on m's noise]"),
+]
+
+
+def _adaptive_series(problem, name: str, label: str, etas, paths: int, seed: int, t0: float = 0.0) -> dict:
+    family = {f.name: f for f in ADAPTIVE_FAMILIES}[name]
+    r = weak_error(problem, etas, 1.0, SMOOTH if family.pgpo else None, test_fn="norm2", paths=paths, seed=seed,
+                   adaptive=Adaptive(family.kind, t0=t0, **ADAPTIVE), rho_in=family.rho_in or "drift")
+    series = _series(r, label)
+    series["etas"] = r.fit_steps.tolist()  # drawn against h = η², the step its order is claimed in
+    return series
+
+
+def _adaptive_data(quick: bool) -> dict:
+    paths = 1000 if quick else 8000
+    panels = []
+    for name, kwargs, finest, seed in tqdm(ADAPTIVE_PROBLEMS, desc="adaptive panels", leave=False):
+        problem = catalog.get(name, **kwargs)
+        etas = ladder(1, 3 if quick else finest)
+        series = [_adaptive_series(problem, family, label, etas, paths, seed, t0) for label, family, t0 in ADAPTIVE_RUNS]
+        panels.append({"problem": problem.name, "series": series})
+    quadratic = catalog.get(ADAPTIVE_PROBLEMS[0][0], **ADAPTIVE_PROBLEMS[0][1])
+    etas = ladder(1, 3 if quick else 4)
+    wrong = [_adaptive_series(quadratic, family, label, etas, paths, 11) for label, family in ADAPTIVE_WRONG]
+    return {"paths": paths, "horizon": 1.0, "test_fn": "|θ|²", "setting": dict(ADAPTIVE),
+            "multiplier": "smooth cap, α = 2, ρ_max = 2", "panels": panels, "placements": wrong}
+
+
+def _adaptive_draw(data: dict):
+    import matplotlib.pyplot as plt
+
+    panels = data["panels"] + [{"problem": "quadratic: where ρ enters", "series": data["placements"]}]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.4))
+    for ax, panel in zip(np.atleast_1d(axes), panels):
+        _ladder_panel(ax, panel["series"], panel["series"][0], panel["problem"], orders=(1,))
+        ax.set_xlabel("SDE step h = η²")
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * (high / low) ** 0.6)  # head-room: the legend sits above the data
+        ax.legend(fontsize=5, loc="upper left", framealpha=0.85)
+    s = data["setting"]
+    fig.suptitle(f"RMSprop, Adam and PGPO on them against their SDEs: σ = {s['sigma0']:g}/η, ε = {s['eps0']:g}/η, "
+                 f"1 − βᵢ = {s['c1']:g}·η²; g = {data['test_fn']}, T = {data['horizon']:g}, {data['paths']} coupled paths; "
+                 f"slope in h [95% CI]; PGPO: {data['multiplier']}.", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
 # hard cap (a kink in ρ) against the smooth cap
 
 
@@ -419,6 +480,8 @@ FIGURES = [
            "not with the paper's", _order_two_data, _order_two_draw),
     Figure("minibatch", "PGPO with the mini-batch's own signal: the naive drift's error plateaus, the correct drift's falls "
            "at order 1", _minibatch_data, _minibatch_draw),
+    Figure("adaptive", "RMSprop, Adam and PGPO on Adam against their SDEs, weak error vs the SDE step h = η², and the "
+           "placements of ρ that fail", _adaptive_data, _adaptive_draw),
     Figure("caps", "hard cap (kink) vs smooth cap, against the order-1 and order-2 scaled SDEs, and ρ along the path",
            _caps_data, _caps_draw),
     Figure("double_well_density", "marginal densities of SGD/PGPO iterates on the double well at three η against the "

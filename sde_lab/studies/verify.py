@@ -22,13 +22,15 @@ from tqdm.auto import tqdm
 
 from pgpo import Multiplier
 from sde_lab import catalog
+from sde_lab.adaptive import ADAPTIVE_FAMILIES, Adaptive
 from sde_lab.fit import local_slope
 from sde_lab.oracles import stationary_spread
 from sde_lab.sme import models_and_orders
 from sde_lab.studies.settings import MINIBATCH, Q1D, SPREAD_HESSIAN, ladder
 from sde_lab.weak_error import weak_error
 
-MODELS = {m.label: m for m in models_and_orders()}  # every SDE with its claimed order: each is measured below
+MODELS = {m.label: m for m in models_and_orders()}
+SMOOTH_ADAPTIVE = Multiplier(2.0, 2.0, form="smooth")  # PGPO on RMSprop and Adam  # every SDE with its claimed order: each is measured below
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Claim:
     measure: Callable[[bool], Row]  # quick → Row
     quick: bool = True  # part of the --quick run
     model: str | None = None  # the label in `MODELS` whose claimed order it measures (None: not an order claim)
+    adaptive: str | None = None  # the name in `ADAPTIVE_FAMILIES` whose claimed order it measures
 
 
 def _order_row(must_hold: bool, problem, etas, horizon, judge=None, model: str | None = None, **kwargs) -> Row:
@@ -65,6 +68,8 @@ def _order_row(must_hold: bool, problem, etas, horizon, judge=None, model: str |
         raise ValueError(f"{model}: the SDE claims order {r.claimed_order}, the table order {MODELS[model].order}")
     lo, hi = r.slope_ci
     claim = "no convergence" if r.claimed_order == 0 else f"order {r.claimed_order}"
+    if r.fit_in != "η" and r.claimed_order:
+        claim += f" in {r.fit_in.split(' = ')[0]}"  # RMSprop and Adam: order in their SDE's step h = η²
     measured = f"{r.slope:.2f} [{lo:.2f}, {hi:.2f}]"
     if r.claimed_order == 0:
         measured += f", plateau {r.poly_fit.coefficients[0]:.3g}"
@@ -76,6 +81,9 @@ def _order_row(must_hold: bool, problem, etas, horizon, judge=None, model: str |
         claim = getattr(judge, "claim", claim)
     multiplier = kwargs.get("multiplier")
     process = r.process if multiplier is None else f"{r.process} {multiplier.form} α={multiplier.alpha:g}"
+    setting = kwargs.get("adaptive")
+    if setting is not None and setting.t0:
+        process += f", warm t₀={setting.t0:g}"
     return Row(problem.name, process, r.sde, claim, measured, verdict, ok, must_hold)
 
 
@@ -145,6 +153,23 @@ def _order_claim(label: str, model: str, problem: Callable, rungs: tuple[int, in
     return Claim(label, measure, quick, model)
 
 
+def _adaptive_claim(label: str, family: str, problem: Callable, rungs: tuple[int, int], paths: int,
+                    quick: bool = False, must_hold: bool = True, t0: float = 0.0, multiplier=SMOOTH_ADAPTIVE,
+                    horizon: float = 1.0, **kwargs) -> Claim:
+    """A claim on the order of the adaptive SDE `family` (a name in `ADAPTIVE_FAMILIES`): problem() on ladder(*rungs)
+    with `paths` paths in either mode (its η's are few and coarse, so the quick and full runs differ only in which
+    claims they hold); the optimizer in the scaling `Adaptive(kind, t0=t0)`, PGPO with `multiplier`."""
+    declared = {f.name: f for f in ADAPTIVE_FAMILIES}[family]
+    setting = Adaptive(declared.kind, t0=t0)
+
+    def measure(q: bool) -> Row:
+        return _order_row(must_hold, problem(), ladder(*rungs), horizon, adaptive=setting,
+                          multiplier=multiplier if declared.pgpo else None, rho_in=declared.rho_in or "drift",
+                          paths=paths, test_fn="norm2", **kwargs)
+
+    return Claim(label, measure, quick, adaptive=family)
+
+
 def claims() -> list[Claim]:
     smooth4 = Multiplier(4.0, 2.0, form="smooth")  # the paper rows' multiplier: a larger α, so the ρ² gap shows
     q1d, mb = (lambda: catalog.quadratic(**Q1D)), (lambda: catalog.linear_regression(**MINIBATCH))
@@ -182,6 +207,18 @@ def claims() -> list[Claim]:
                      2.0, paths=2000, judge=_converges, test_fn="norm2"),
         # 5. stationary spread
         Claim("quadratic stationary spread", _stationary_spread),
+        # 6. RMSprop, Adam and PGPO on each against their SDEs (sde_lab.adaptive), order in h = η²; ρ where the
+        # discrete step carries it converges, anywhere else leaves an O(1) error
+        _adaptive_claim("quadratic PGPO-RMSprop/ρ in drift only", "PGPO-RMSprop-SDE[ρ in θ's drift only]",
+                        catalog.quadratic, (1, 3), 1000, quick=True),
+        _adaptive_claim("quadratic PGPO-Adam/ρ on m's noise", "PGPO-Adam-SDE[ρ also on m's noise]",
+                        catalog.quadratic, (1, 3), 1000, quick=True),
+        _adaptive_claim("quadratic PGPO-Adam/ρ in θ's drift", "PGPO-Adam-SDE[ρ in θ's drift only]",
+                        catalog.quadratic, (1, 5), 8000),
+        _adaptive_claim("quadratic PGPO-RMSprop/ρ in drift and diffusion",
+                        "PGPO-RMSprop-SDE[ρ in θ's drift and diffusion]", catalog.quadratic, (1, 5), 8000),
+        _adaptive_claim("quadratic Adam", "Adam-SDE", catalog.quadratic, (1, 5), 8000),
+        _adaptive_claim("quadratic RMSprop", "RMSprop-SDE", catalog.quadratic, (1, 5), 8000),
     ]
 
 

@@ -9,7 +9,7 @@ import torch
 from pgpo import Multiplier, modulated_step
 from sde_lab import catalog
 from sde_lab.adaptive import Adaptive, AdaptiveProcess, adaptive_sde
-from sde_lab.problem import apply_noise
+from sde_lab.problem import apply_noise, dense_factor
 
 SMOOTH = Multiplier(2.0, 2.0, form="smooth")
 
@@ -22,11 +22,13 @@ def torch_optimizer(kind, params, hp):
 
 @pytest.mark.parametrize("kind", ["rmsprop", "adam"])
 @pytest.mark.parametrize("multiplier", [None, SMOOTH])
-def test_the_discrete_process_takes_torch_optimizers_steps(kind, multiplier):
+@pytest.mark.parametrize("t0", [0.0, 0.5])
+def test_the_discrete_process_takes_torch_optimizers_steps(kind, multiplier, t0):
     """The same gradients (∇L + σ Σ^{1/2} z, z fixed) through torch.optim.Adam / RMSprop (ρ through
-    pgpo.modulated_step) and through the process: θ, and the moments in the process's units, agree."""
+    pgpo.modulated_step) and through the process: θ, and the moments in the process's units, agree — from a
+    cold start, and from a warm one (t₀ > 0) loaded into torch's optimizer state as a resumed run would be."""
     problem = catalog.get("logistic_regression")
-    setting = Adaptive(kind, sigma0=0.7, eps0=0.05, c1=2.0, c2=3.0)
+    setting = Adaptive(kind, sigma0=0.7, eps0=0.05, c1=2.0, c2=3.0, t0=t0)
     eta = 0.125
     hp = setting.hyperparameters(eta)
     process = AdaptiveProcess(problem, eta, setting, multiplier)
@@ -35,6 +37,18 @@ def test_the_discrete_process_takes_torch_optimizers_steps(kind, multiplier):
     state = process.initial_state()[None, :].clone()
     theta = torch.nn.Parameter(problem.x0.clone())
     optimizer = torch_optimizer(kind, [theta], hp)
+    if t0 > 0:
+        point = problem.x0[None, :]
+        u0 = -math.expm1(-3.0 * t0) * problem.noise(point).square().sum(-1).reshape(-1)
+        assert torch.allclose(state[0, parts["u"]], u0) and state[0, parts["t"]].item() == t0
+        resumed = {"step": torch.tensor(float(round(t0 / eta**2)))}
+        if kind == "adam":
+            m0 = -math.expm1(-2.0 * t0) * problem.grad(point)[0]
+            assert torch.allclose(state[0, parts["m"]], m0)
+            resumed |= {"exp_avg": m0.clone(), "exp_avg_sq": hp["sigma"] ** 2 * u0}
+        else:
+            resumed |= {"square_avg": hp["sigma"] ** 2 * u0}
+        optimizer.state[theta] = resumed
     for _ in range(12):
         z = torch.randn(1, problem.noise_dim(), generator=gen, dtype=torch.float64)
         with torch.no_grad():
@@ -52,7 +66,17 @@ def test_the_discrete_process_takes_torch_optimizers_steps(kind, multiplier):
         assert torch.allclose(state[0, parts["u"]] * hp["sigma"] ** 2, v, rtol=1e-9)
         if kind == "adam":
             assert torch.allclose(state[0, parts["m"]], moments["exp_avg"], rtol=1e-9, atol=1e-12)
-    assert state[0, parts["t"]].item() == pytest.approx(12 * eta**2)
+    assert state[0, parts["t"]].item() == pytest.approx(t0 + 12 * eta**2)
+
+
+def test_a_warm_start_must_be_a_whole_number_of_steps():
+    problem = catalog.get("quadratic")
+    with pytest.raises(ValueError, match="t0 must be a finite number"):
+        Adaptive("adam", t0=-1.0)
+    with pytest.raises(ValueError, match="not a whole number of steps"):
+        AdaptiveProcess(problem, 0.3, Adaptive("adam", t0=1.0))
+    with pytest.raises(ValueError, match="needs the problem"):
+        Adaptive("adam", t0=1.0).initial_state(problem.x0)
 
 
 def test_the_sde_is_the_formula():
@@ -75,7 +99,10 @@ def test_the_sde_is_the_formula():
             p = 0.7 * u.sqrt() + 0.05 * math.sqrt(g2)
             sigma = problem.noise(theta)
             sigma = sigma if sigma.dim() == 3 else sigma.expand(3, -1, -1)
-            drift, diffusion = model.drift(state), model.diffusion(state)
+            drift, factor = model.drift(state), model.diffusion(state)
+            diffusion = dense_factor(factor, 3)  # (M, D, m)
+            dw = torch.randn(3, model.noise_dim, dtype=torch.float64)  # the block form applies as the dense matrix
+            assert torch.allclose(apply_noise(factor, dw), torch.einsum("pdm,pm->pd", diffusion, dw))
             assert torch.allclose(drift[:, parts["u"]], 3.0 * (sigma.square().sum(2) - u))
             assert torch.equal(drift[:, parts["t"]], torch.ones(3, 1, dtype=torch.float64))
             if kind == "rmsprop":
@@ -112,6 +139,17 @@ def test_adams_sde_starts_finite_where_its_bias_corrections_are_zero_over_zero()
     assert (step.mean(0) * problem.grad(problem.x0[None, :])[0] < 0).all()  # descent, coordinate by coordinate
 
 
+def test_every_adaptive_sde_declares_the_order_its_rho_placement_earns():
+    """ρ where the discrete step carries it (RMSprop: θ's drift and diffusion; Adam: θ's drift) claims order 1;
+    anywhere else, order 0; without PGPO both SDEs claim 1."""
+    problem = catalog.get("quadratic")
+    claims = {(kind, rho_in, pgpo): adaptive_sde(problem, Adaptive(kind), SMOOTH if pgpo else None, rho_in).claimed_order
+              for kind in ("rmsprop", "adam") for rho_in in ("drift", "both") for pgpo in (False, True)}
+    assert claims == {("rmsprop", "drift", False): 1, ("rmsprop", "both", False): 1, ("adam", "drift", False): 1,
+                      ("adam", "both", False): 1, ("rmsprop", "both", True): 1, ("rmsprop", "drift", True): 0,
+                      ("adam", "drift", True): 1, ("adam", "both", True): 0}
+
+
 def test_bad_settings_are_refused_by_name():
     with pytest.raises(ValueError, match="kind must be one of"):
         Adaptive("sgd")
@@ -130,8 +168,36 @@ def test_weak_error_runs_an_adaptive_process_on_its_own_clock_and_tells_the_rho_
     results = {rho_in: weak_error(problem, etas, 1.0, SMOOTH, paths=1000, adaptive=setting, rho_in=rho_in,
                                   test_fn="norm2") for rho_in in ("both", "drift")}
     both, drift = results["both"], results["drift"]
-    assert both.process == "PGPO-RMSprop[state]" and drift.sde == "PGPO-RMSprop-SDE[ρ in drift]"
+    assert both.process == "PGPO-RMSprop[state]" and drift.sde == "PGPO-RMSprop-SDE[ρ in θ's drift only]"
+    assert (both.claimed_order, drift.claimed_order) == (1, 0) and both.fit_in == "h = η²"
+    assert both.fit_steps.tolist() == [0.0625, 0.015625]
     assert both.checkpoint_times.tolist() == pytest.approx([0.0625 * k for k in range(1, 17)])  # T/η² = 16 steps
     assert any("SGD's, not an adaptive optimizer's" in note for note in both.notes)
     assert all(abs(e) < 0.3 for e in both.errors) and all(e > 1.5 for e in drift.errors)
     assert all(e > 10 * s for e, s in zip(drift.errors, drift.stderr))
+
+
+def test_every_factor_form_adds_its_noise_in_place_as_the_dense_matrix_does():
+    """The solvers' fused step (add_noise) against the dense (M, D, m) product, for each form a diffusion takes."""
+    from sde_lab.problem import BlockFactor, ScaledFactor, add_noise
+
+    gen = torch.Generator().manual_seed(0)
+    draw = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    z, y = draw(5, 3), draw(5, 7)
+    forms = [draw(7, 3), draw(5, 7, 3), ScaledFactor(draw(5), draw(7, 3)), ScaledFactor(draw(5, 7), draw(5, 7, 3)),
+             BlockFactor(7, slice(2, 6), draw(4, 3)), BlockFactor(7, slice(4, 7), ScaledFactor(draw(5), draw(5, 3, 3)))]
+    for factor in forms:
+        before = y.clone()
+        expected = y + torch.einsum("pdm,pm->pd", dense_factor(factor, 5), z)
+        assert torch.allclose(add_noise(y.clone(), factor, z), expected)
+        assert torch.equal(y, before)
+
+
+def test_verify_measures_every_adaptive_sde_against_the_order_it_claims():
+    from sde_lab.adaptive import ADAPTIVE_FAMILIES
+    from sde_lab.studies.verify import claims
+
+    measured = {c.adaptive for c in claims() if c.adaptive is not None}
+    assert measured == {f.name for f in ADAPTIVE_FAMILIES}
+    quick = {c.adaptive for c in claims() if c.adaptive is not None and c.quick}
+    assert any("ρ also on m's noise" in name for name in quick)  # the failing placement shows in the quick run too
