@@ -280,10 +280,10 @@ def _minibatch_draw(data: dict):
 # RMSprop, Adam and PGPO on Adam against their SDEs (Malladi et al.'s scaling), in the SDE's step h = η²
 
 ADAPTIVE_RUNS = [  # (label, the family's name in ADAPTIVE_FAMILIES, t₀)
-    ("RMSprop", "RMSprop-SDE", 0.0),
-    ("Adam", "Adam-SDE", 0.0),
     ("Adam, warm start t₀ = 1", "Adam-SDE", 1.0),
-    ("PGPO-Adam, ρ in θ's drift", "PGPO-Adam-SDE[ρ in θ's drift only]", 0.0),
+    ("PGPO-Adam, ρ in θ's drift, warm", "PGPO-Adam-SDE[ρ in θ's drift only]", 1.0),
+    ("Adam, cold start", "Adam-SDE", 0.0),
+    ("RMSprop, cold start", "RMSprop-SDE", 0.0),
 ]
 ADAPTIVE_WRONG = [  # the placements of ρ that miss the discrete step, beside the right ones, on the quadratic
     ("PGPO-RMSprop, ρ in θ's drift and diffusion", "PGPO-RMSprop-SDE[ρ in θ's drift and diffusion]"),

@@ -7,9 +7,9 @@ MINIBATCH = dict(n=8, noise=2.0, dim=1)  # ρ(I_γ) and ∇ℓ_γ strongly corre
 SPREAD_HESSIAN = (0.5, 1.0, 2.0)  # the stationary spread's quadratic (the diagonal of H)
 ADAPTIVE = dict(sigma0=1.0, eps0=0.1, c1=1.0, c2=1.0)  # RMSprop and Adam in Malladi et al.'s scaling (sde_lab.adaptive)
 ADAPTIVE_PROBLEMS = [  # (problem, its keyword arguments, the finest rung 2^-j of the full ladder, seed)
-    ("quadratic", {}, 5, 11),
-    ("logistic_regression", {}, 4, 12),
-    ("self_distillation", {}, 4, 13),
+    ("quadratic", {}, 4, 11),
+    ("logistic_regression", {}, 3, 12),
+    ("self_distillation", {}, 3, 13),
 ]
 
 

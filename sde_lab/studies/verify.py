@@ -128,6 +128,18 @@ def _kink(r) -> tuple[str, bool]:
 _kink.claim = "order 1 (2 if the kink is harmless?)"
 
 
+def _cold_start(r) -> tuple[str, bool]:
+    """Adam from θ₀ with zero moments against its SDE, whose drift m/γ₁ ~ W_t/t is singular at t = 0: a
+    measurement of what the start costs (docs/weak_order.md predicts an extra h·log(1/h))."""
+    e_over_h = ", ".join(f"{v:.2g}" for v in r.errors / r.fit_steps)
+    if r.passed():
+        return f"{r.verdict()} here; e/h = {e_over_h}", True
+    return f"below order 1 from the start (slope {r.slope:.2f}); e/h = {e_over_h}", True
+
+
+_cold_start.claim = "order 1 up to log(1/h)?"
+
+
 def _stationary_spread(quick: bool) -> Row:
     """Exact, on the quadratic with a constant ρ: SGD with step ηρ against both SDE forms."""
     eta, rho = 2.0**-6, 1.5
@@ -195,8 +207,8 @@ def claims() -> list[Claim]:
                      1.0, paths=6000, quick=False, multiplier=smooth4, test_fn="norm2", seed=2),  # 24 000 paths
         _order_claim("quadratic-1d PGPO/scaled-2", "PGPO[state]/SME[scaled]-2", q1d, (2, 6), 1.0, paths=4000,
                      test_fn="norm2"),
-        _order_claim("quadratic-1d PGPO/paper-2", "PGPO[state]/SME[paper]-2", q1d, (2, 6), 1.0, paths=4000,
-                     judge=_not_order_two, test_fn="norm2"),
+        _order_claim("quadratic-1d PGPO/paper-2", "PGPO[state]/SME[paper]-2", q1d, (2, 6), 1.0, paths=16000,
+                     judge=_not_order_two, test_fn="norm2"),  # its finest local slope (≈ 1.4) needs ±0.15 to clear 1.7
         # 3. the hard cap's kink against the order-2 SDE: a measurement, not a claim
         _order_claim("quadratic-1d PGPO hard cap/scaled-2", "PGPO[state]/SME[scaled]-2 (kinked ρ)", q1d, (2, 6), 1.0,
                      paths=2000, must_hold=False, judge=_kink, test_fn="norm2"),
@@ -207,18 +219,26 @@ def claims() -> list[Claim]:
                      2.0, paths=2000, judge=_converges, test_fn="norm2"),
         # 5. stationary spread
         Claim("quadratic stationary spread", _stationary_spread),
-        # 6. RMSprop, Adam and PGPO on each against their SDEs (sde_lab.adaptive), order in h = η²; ρ where the
-        # discrete step carries it converges, anywhere else leaves an O(1) error
+        # 6. RMSprop, Adam and PGPO on each against their SDEs (sde_lab.adaptive), order in h = η²: ρ where the
+        # discrete step carries it converges, anywhere else leaves an O(1) error; the order claims start warm
+        # (t₀ = 1), past Adam's singular start, which a cold-start row measures
         _adaptive_claim("quadratic PGPO-RMSprop/ρ in drift only", "PGPO-RMSprop-SDE[ρ in θ's drift only]",
                         catalog.quadratic, (1, 3), 1000, quick=True),
         _adaptive_claim("quadratic PGPO-Adam/ρ on m's noise", "PGPO-Adam-SDE[ρ also on m's noise]",
                         catalog.quadratic, (1, 3), 1000, quick=True),
-        _adaptive_claim("quadratic PGPO-Adam/ρ in θ's drift", "PGPO-Adam-SDE[ρ in θ's drift only]",
-                        catalog.quadratic, (1, 5), 8000),
-        _adaptive_claim("quadratic PGPO-RMSprop/ρ in drift and diffusion",
-                        "PGPO-RMSprop-SDE[ρ in θ's drift and diffusion]", catalog.quadratic, (1, 5), 8000),
-        _adaptive_claim("quadratic Adam", "Adam-SDE", catalog.quadratic, (1, 5), 8000),
-        _adaptive_claim("quadratic RMSprop", "RMSprop-SDE", catalog.quadratic, (1, 5), 8000),
+        _adaptive_claim("logistic PGPO-Adam/ρ in θ's drift", "PGPO-Adam-SDE[ρ in θ's drift only]",
+                        catalog.logistic_regression, (1, 3), 2000, quick=True, t0=1.0),
+        _adaptive_claim("logistic Adam", "Adam-SDE", catalog.logistic_regression, (1, 3), 2000, t0=1.0),
+        _adaptive_claim("self_distillation Adam", "Adam-SDE", catalog.self_distillation, (1, 3), 2000, t0=1.0,
+                        seed=1),
+        _adaptive_claim("self_distillation PGPO-Adam/ρ in θ's drift", "PGPO-Adam-SDE[ρ in θ's drift only]",
+                        catalog.self_distillation, (1, 3), 2000, t0=1.0, seed=1),
+        _adaptive_claim("quadratic Adam, cold start", "Adam-SDE", catalog.quadratic, (2, 5), 8000, must_hold=False,
+                        judge=_cold_start),
+        _adaptive_claim("logistic RMSprop", "RMSprop-SDE", catalog.logistic_regression, (1, 3), 8000, t0=1.0),
+        _adaptive_claim("logistic PGPO-RMSprop/ρ in drift and diffusion",
+                        "PGPO-RMSprop-SDE[ρ in θ's drift and diffusion]", catalog.logistic_regression, (1, 3), 8000,
+                        t0=1.0, must_hold=False),  # its errors fall into the noise early: the order stays unresolved
     ]
 
 
