@@ -115,8 +115,8 @@ class Adaptive:
 
     def initial_state(self, x0: torch.Tensor, problem: Problem | None = None) -> torch.Tensor:
         """The state at the start, (D,): (θ₀, 0, …, 0) at t₀ = 0, as torch's optimizers start. With t₀ > 0 (the
-        `problem` is then needed), the moments are those of t₀ of SDE time spent at x₀, m = γ₁(t₀)∇L(x₀) and
-        u = γ₂(t₀) diag Σ(x₀), and the clock reads t₀: the optimizer met mid-run, past the start where Adam's
+        `problem` is then needed), the moments are those of t₀ of SDE time spent at x₀, m = (1 − e^{−c₁t₀})∇L(x₀)
+        and u = (1 − e^{−c₂t₀}) diag Σ(x₀), and the clock reads t₀: the optimizer met mid-run, past the start where Adam's
         bias corrections are 0/0."""
         state = torch.cat([x0, x0.new_zeros(self.state_dim(x0.shape[0]) - x0.shape[0])])
         if self.t0 == 0:

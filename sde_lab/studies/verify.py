@@ -29,8 +29,8 @@ from sde_lab.sme import models_and_orders
 from sde_lab.studies.settings import MINIBATCH, Q1D, SPREAD_HESSIAN, ladder
 from sde_lab.weak_error import weak_error
 
-MODELS = {m.label: m for m in models_and_orders()}
-SMOOTH_ADAPTIVE = Multiplier(2.0, 2.0, form="smooth")  # PGPO on RMSprop and Adam  # every SDE with its claimed order: each is measured below
+MODELS = {m.label: m for m in models_and_orders()}  # every SDE with its claimed order: each is measured below
+SMOOTH_ADAPTIVE = Multiplier(2.0, 2.0, form="smooth")  # PGPO on RMSprop and Adam
 
 
 @dataclass
