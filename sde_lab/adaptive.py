@@ -55,6 +55,12 @@ class AdaptiveFamily:
     name: str
     claims: int
 
+    def measured_with(self, multiplier: Multiplier, **setting) -> dict:
+        """The keyword arguments of `weak_error` that measure this SDE: the optimizer `Adaptive(kind, **setting)`,
+        `multiplier` for PGPO (none otherwise) and `rho_in`."""
+        return {"adaptive": Adaptive(self.kind, **setting), "multiplier": multiplier if self.pgpo else None,
+                "rho_in": self.rho_in or "drift"}
+
 
 # The claims follow where the discrete step carries ρ: on the whole θ-update, which for RMSprop holds the noise
 # (so ρ scales θ's diffusion too) and for Adam holds m, whose noise ρ never touches. Putting ρ anywhere else
@@ -67,6 +73,14 @@ ADAPTIVE_FAMILIES = (
     AdaptiveFamily("adam", True, "drift", "PGPO-Adam-SDE[ρ in θ's drift only]", 1),
     AdaptiveFamily("adam", True, "both", "PGPO-Adam-SDE[ρ also on m's noise]", 0),
 )
+
+
+def family_named(name: str) -> AdaptiveFamily:
+    """The row of `ADAPTIVE_FAMILIES` called `name`."""
+    for f in ADAPTIVE_FAMILIES:
+        if f.name == name:
+            return f
+    raise ValueError(f"no adaptive SDE named {name!r}; they are {[f.name for f in ADAPTIVE_FAMILIES]}")
 
 
 def adaptive_family(kind: str, pgpo: bool, rho_in: str) -> AdaptiveFamily:

@@ -180,7 +180,8 @@ def run(paths: int = 1000, sdeint_paths: int | None = None, device="cpu", repeat
     rate = lambda seconds: paths * STEPS / seconds  # noqa: E731
     result = {
         "paths": paths, "steps": STEPS, "dim": DIM, "device": str(device), "sdeint_paths_timed": sdeint_paths,
-        "seconds": {"engine": ours, "bare_normals": floor, "bare_torch_normals": torch_floor, "numpy_loop": numpy_em, "bare_numpy_normals": numpy_floor,
+        "seconds": {"engine": ours, "bare_normals": floor, "bare_torch_normals": torch_floor, "numpy_loop": numpy_em,
+                    "bare_numpy_normals": numpy_floor,
                     "sdeint_itoEuler_loop": peer_sdeint, "torchsde_euler_brownian_interval": peer_torchsde},
         "path_steps_per_s": {"engine": rate(ours), "bare_normals": rate(floor), "bare_torch_normals": rate(torch_floor),
                              "numpy_loop": rate(numpy_em),

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from pgpo import PAPER_STYLE, Multiplier
 from sde_lab import catalog
-from sde_lab.adaptive import ADAPTIVE_FAMILIES, Adaptive
+from sde_lab.adaptive import family_named
 from sde_lab.density import sde_law
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.oracles import stationary_spread
@@ -294,9 +294,8 @@ ADAPTIVE_WRONG = [  # the placements of ρ that miss the discrete step, beside t
 
 
 def _adaptive_series(problem, name: str, label: str, etas, paths: int, seed: int, t0: float = 0.0) -> dict:
-    family = {f.name: f for f in ADAPTIVE_FAMILIES}[name]
-    r = weak_error(problem, etas, 1.0, SMOOTH if family.pgpo else None, test_fn="norm2", paths=paths, seed=seed,
-                   adaptive=Adaptive(family.kind, t0=t0, **ADAPTIVE), rho_in=family.rho_in or "drift")
+    r = weak_error(problem, etas, 1.0, test_fn="norm2", paths=paths, seed=seed,
+                   **family_named(name).measured_with(SMOOTH, t0=t0, **ADAPTIVE))
     series = _series(r, label)
     series["etas"] = r.fit_steps.tolist()  # drawn against h = η², the step its order is claimed in
     return series

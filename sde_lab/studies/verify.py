@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 
 from pgpo import Multiplier
 from sde_lab import catalog
-from sde_lab.adaptive import ADAPTIVE_FAMILIES, Adaptive
+from sde_lab.adaptive import family_named
 from sde_lab.fit import local_slope
 from sde_lab.oracles import stationary_spread
 from sde_lab.sme import models_and_orders
-from sde_lab.studies.settings import MINIBATCH, Q1D, SPREAD_HESSIAN, ladder
+from sde_lab.studies.settings import ADAPTIVE, MINIBATCH, Q1D, SPREAD_HESSIAN, ladder
 from sde_lab.weak_error import weak_error
 
 MODELS = {m.label: m for m in models_and_orders()}  # every SDE with its claimed order: each is measured below
@@ -170,14 +170,12 @@ def _adaptive_claim(label: str, family: str, problem: Callable, rungs: tuple[int
                     horizon: float = 1.0, **kwargs) -> Claim:
     """A claim on the order of the adaptive SDE `family` (a name in `ADAPTIVE_FAMILIES`): problem() on ladder(*rungs)
     with `paths` paths in either mode (its η's are few and coarse, so the quick and full runs differ only in which
-    claims they hold); the optimizer in the scaling `Adaptive(kind, t0=t0)`, PGPO with `multiplier`."""
-    declared = {f.name: f for f in ADAPTIVE_FAMILIES}[family]
-    setting = Adaptive(declared.kind, t0=t0)
+    claims they hold); the optimizer in the scaling `settings.ADAPTIVE` started at `t0`, PGPO with `multiplier`."""
+    measured_with = family_named(family).measured_with(multiplier, t0=t0, **ADAPTIVE)
 
     def measure(q: bool) -> Row:
-        return _order_row(must_hold, problem(), ladder(*rungs), horizon, adaptive=setting,
-                          multiplier=multiplier if declared.pgpo else None, rho_in=declared.rho_in or "drift",
-                          paths=paths, test_fn="norm2", **kwargs)
+        return _order_row(must_hold, problem(), ladder(*rungs), horizon, paths=paths, test_fn="norm2",
+                          **measured_with, **kwargs)
 
     return Claim(label, measure, quick, adaptive=family)
 

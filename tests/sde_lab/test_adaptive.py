@@ -155,6 +155,10 @@ def test_bad_settings_are_refused_by_name():
         Adaptive("sgd")
     with pytest.raises(ValueError, match="eps0 must be a positive finite number"):
         Adaptive("adam", eps0=0.0)
+    from sde_lab.adaptive import family_named
+
+    with pytest.raises(ValueError, match="no adaptive SDE named 'Adam'"):
+        family_named("Adam")
     with pytest.raises(ValueError, match="rho_in must be"):
         adaptive_sde(catalog.get("logistic_regression"), Adaptive(), SMOOTH, "nowhere")
 
