@@ -140,7 +140,7 @@ class Adaptive:
         parts = self.blocks(x0.shape[0])
         point = x0[None, :]
         # the SDE's moments after t₀ at a standing x₀ (dm = c₁(∇L − m)dt, du = c₂(diag Σ − u)dt from 0)
-        state[parts["u"]] = -math.expm1(-self.c2 * self.t0) * noise_variances(problem.noise(point)).reshape(-1)
+        state[parts["u"]] = -math.expm1(-self.c2 * self.t0) * noise_variances(problem.factor(point)).reshape(-1)
         if self.kind == "adam":
             state[parts["m"]] = -math.expm1(-self.c1 * self.t0) * problem.grad(point).reshape(-1)
         state[parts["t"]] = self.t0
@@ -196,7 +196,7 @@ class AdaptiveProcess:
         parts = s.blocks(d)
         theta, u, t = state[:, parts["theta"]], state[:, parts["u"]], state[:, parts["t"]]
         # g/σ = (η/σ₀)∇L + Σ^{1/2}z: the gradient in units of its noise
-        scaled_grad = (self.eta / s.sigma0) * self.problem.grad(theta) + apply_noise(self.problem.noise(theta), z)
+        scaled_grad = (self.eta / s.sigma0) * self.problem.grad(theta) + apply_noise(self.problem.factor(theta), z)
         u_next = u + s.c2 * h * (scaled_grad.square() - u)
         rho = 1.0 if self.multiplier is None else self.multiplier(self.problem.info(theta))[:, None]
         t_next = t + h
@@ -242,7 +242,7 @@ def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | N
         theta, u, t = state[:, parts["theta"]], state[:, parts["u"]], state[:, parts["t"]]
         g1, g2 = _gammas(s, t)
         grad = problem.grad(theta)
-        du = s.c2 * (noise_variances(problem.noise(theta)) - u)  # diag Σ: (d,) or (M, d)
+        du = s.c2 * (noise_variances(problem.factor(theta)) - u)  # diag Σ: (d,) or (M, d)
         if s.kind == "rmsprop":
             return torch.cat([-rho(theta) * grad / preconditioner(u, g2), du, torch.ones_like(t)], dim=1)
         m = state[:, parts["m"]]
@@ -255,7 +255,7 @@ def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | N
 
     def diffusion(state):
         theta, u = state[:, parts["theta"]], state[:, parts["u"]]
-        factor = problem.noise(theta)  # Σ^{1/2}: (d, m) or (M, d, m), never copied per path or padded to (M, D, m)
+        factor = problem.factor(theta)  # Σ^{1/2}: (d, m), (M, d, m) or SampleDeviations, never padded to (M, D, m)
         # signs as the coupling needs them (the process's normals are z = −ΣΔW/√h); the law is the same either way
         if s.kind == "rmsprop":
             scale = noise_rho(theta) * s.sigma0 / preconditioner(u, torch.ones_like(u))  # (M, d)

@@ -63,7 +63,7 @@ class DiscreteProcess:
     def step(self, x: torch.Tensor, z: torch.Tensor | None = None, gen: torch.Generator | None = None) -> torch.Tensor:
         """x (M, d) → x' (M, d); z (M, m) standard normals for noise="gaussian", else `gen` draws a batch."""
         if self.noise == "gaussian":
-            g = self.problem.grad(x) + apply_noise(self.problem.noise(x), z)
+            g = self.problem.grad(x) + apply_noise(self.problem.factor(x), z)
             signal = None
         elif z is not None:
             return self._quantile_coupled_step(x, z)

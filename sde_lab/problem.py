@@ -5,7 +5,8 @@ covariance Σ(x) = Cov_γ ∇ℓ_γ(x), and, for PGPO, an information signal I. 
 M paths, batch first:
 
     grad(x)        (M, d) → (M, d)        ∇L
-    noise_sqrt(x)  (M, d) → (M, d, m)     S with S Sᵀ = Σ (or a constant (d, m) tensor)
+    noise_sqrt(x)  (M, d) → (M, d, m)     S with S Sᵀ = Σ (or a constant (d, m) tensor, or, for a finite
+                                          sum, its per-sample structure as `SampleDeviations`)
     info(x)        (M, d) → (M,)          the state signal I(x)
     sample_grad(x, gen) → (M, d), or ((M, d), (M,))   a real stochastic gradient (and its mini-batch
                                           signal I_γ), drawn with the torch.Generator `gen`
@@ -32,7 +33,7 @@ class Problem:
         dim: d.
         x0: the initial point, shape (d,) (every path starts there).
         grad: ∇L, (M, d) → (M, d).
-        noise_sqrt: Σ^{1/2}, (M, d) → (M, d, m), or a constant tensor of shape (d, m).
+        noise_sqrt: Σ^{1/2}, (M, d) → (M, d, m) (or `SampleDeviations`), or a constant tensor of shape (d, m).
         info: the state information signal, (M, d) → (M,); needed for PGPO with signal="state".
         sample_grad: real stochastic gradients (and mini-batch signals), see the module docstring.
         name: a label for tables and figures.
@@ -81,7 +82,13 @@ class Problem:
                                  f"({self.dim}, m) tensor, got {self.noise_sqrt.dtype} {tuple(self.noise_sqrt.shape)}")
             expect_output(f"problem {self.name!r}: noise_sqrt", self.noise(x), ("d", "m"), sizes, x.dtype)
         elif callable(self.noise_sqrt):
-            expect_output(f"problem {self.name!r}: noise_sqrt(x)", self.noise_sqrt(x), ("M", "d", "m"), sizes, x.dtype)
+            factor, what = self.noise_sqrt(x), f"problem {self.name!r}: noise_sqrt(x)"
+            if isinstance(factor, SampleDeviations):
+                expect_output(what + ".coef", factor.coef, ("M", "K", "n"), sizes, x.dtype)
+                expect_output(what + ".features", factor.features, ("K", "n", "d"), sizes, x.dtype)
+                expect_output(what + ".weights", factor.weights, ("n",), sizes, x.dtype)
+            else:
+                expect_output(what, factor, ("M", "d", "m"), sizes, x.dtype)
         else:
             raise TypeError(f"problem {self.name!r}: noise_sqrt must be a callable (M, d) → (M, d, m) or a (d, m) "
                             f"tensor, got {type(self.noise_sqrt).__name__}")
@@ -112,14 +119,19 @@ class Problem:
             expect_output(what + "[2]", out[2], ("B",), sizes, x.dtype)
 
     def noise(self, x: torch.Tensor) -> torch.Tensor:
-        """Σ^{1/2} at x: (M, d, m), or the constant (d, m) factor."""
+        """Σ^{1/2} at x as a tensor: (M, d, m), or the constant (d, m) factor."""
+        factor = self.factor(x)
+        return factor.dense() if isinstance(factor, SampleDeviations) else factor
+
+    def factor(self, x: torch.Tensor):
+        """Σ^{1/2} at x as the solvers use it: `noise`, or the `SampleDeviations` a finite sum keeps it in."""
         if isinstance(self.noise_sqrt, torch.Tensor):
             return self.noise_sqrt.to(dtype=x.dtype, device=x.device)
         return self.noise_sqrt(x)
 
     def noise_dim(self) -> int:
         """m, the number of independent Brownian motions driving the SDE."""
-        return self.noise(self.x0[None, :]).shape[-1]
+        return self.factor(self.x0[None, :]).shape[-1]
 
     def sample(self, x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A stochastic gradient from `sample_grad`, always as (grads (M, d), infos (M,) or None)."""
@@ -147,8 +159,76 @@ class BlockFactor(NamedTuple):
     factor: object
 
 
+class SampleDeviations(NamedTuple):
+    """The factor S (M, d, n) of a finite sum's gradient covariance, columns S_b = √w_b (g_b − ḡ), kept in the
+    structure its per-sample gradients have: g_b = Σ_k C_kb F_kb + r (a generalised linear model: logistic and
+    linear regression have K = 1, F_1b = a_b; a softmax over K answers has K logits), r common to every sample.
+
+        coef      C  (M, K, n)   per path and sample (samples last: torch reduces a short axis of K
+                                 fastest when it is not the last)
+        features  F  (K, n, d)   shared by every path
+        weights   w  (n,)        the samples' probabilities (Σ w = 1)
+        gain      a number S is multiplied by (√η)
+
+    S z = gain · Σ_b (s_b − w_b Σ_b' s_b') Σ_k C_kb F_kb with s = √w ∘ z: one (M, Kn) × (Kn, d) product,
+    where the dense S would cost an (M, d, n) tensor per evaluation (r cancels in g_b − ḡ).
+    """
+
+    coef: torch.Tensor
+    features: torch.Tensor
+    weights: torch.Tensor
+    gain: float = 1.0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(M, d, n), the dense factor's shape."""
+        return (self.coef.shape[0], self.features.shape[-1], self.coef.shape[2])
+
+    def scaled(self, c: float) -> "SampleDeviations":
+        """c·S."""
+        return self._replace(gain=self.gain * c)
+
+    def mixed(self, z: torch.Tensor) -> torch.Tensor:
+        """The coefficients S z applies to the features: z (M, n) → (M, Kn), S z = gain · mixed @ F.flatten(0, 1)."""
+        s = z * self.weights.sqrt()
+        centred = s - self.weights * s.sum(dim=1, keepdim=True)  # Σ_b s_b (g_b − ḡ) = Σ_b centred_b g_b: (M, n)
+        return (self.coef * centred[:, None, :]).flatten(1)
+
+    def apply(self, z: torch.Tensor) -> torch.Tensor:
+        """S z: z (M, n) → (M, d)."""
+        return (self.mixed(z) @ self.features.flatten(0, 1)).mul_(self.gain)
+
+    def per_sample(self) -> torch.Tensor:
+        """The gradients without their common part, Σ_k C_kb F_kb: (M, n, d)."""
+        return torch.einsum("pkn,knd->pnd", self.coef, self.features)
+
+    def dense(self) -> torch.Tensor:
+        """S itself, (M, d, n)."""
+        return self.gain * deviation_factor(self.per_sample(), self.weights)
+
+    def variances(self) -> torch.Tensor:
+        """diag Σ = diag(S Sᵀ) = gain² Σ_b w_b (g_b − ḡ)²: (M, d)."""
+        g = self.per_sample()
+        mean = torch.einsum("b,pbd->pd", self.weights, g)
+        return self.gain**2 * (torch.einsum("b,pbd->pd", self.weights, g * g) - mean * mean).clamp_(min=0.0)
+
+
+def scale_factor(factor, c: float):
+    """c·S for any factor apply_noise takes, c a number."""
+    if isinstance(factor, SampleDeviations):
+        return factor.scaled(c)
+    if isinstance(factor, ScaledFactor):
+        return factor._replace(scale=c * factor.scale)
+    if isinstance(factor, BlockFactor):
+        return factor._replace(factor=scale_factor(factor.factor, c))
+    return c * factor
+
+
 def apply_noise(factor, z: torch.Tensor) -> torch.Tensor:
-    """S z for a factor (d, m), (M, d, m), a `ScaledFactor` or a `BlockFactor`, and noise z (M, m) → (M, d)."""
+    """S z for a factor (d, m), (M, d, m), a `ScaledFactor`, a `BlockFactor` or `SampleDeviations`, and noise
+    z (M, m) → (M, d)."""
+    if isinstance(factor, SampleDeviations):
+        return factor.apply(z)
     if isinstance(factor, ScaledFactor):
         scale = factor.scale if factor.scale.dim() == 2 else factor.scale[:, None]
         return scale * apply_noise(factor.factor, z)
@@ -169,11 +249,15 @@ def add_noise(out: torch.Tensor, factor, z: torch.Tensor) -> torch.Tensor:
     if isinstance(factor, BlockFactor):
         add_noise(out[:, factor.rows], factor.factor, z)  # a view: the rows of out are updated in place
         return out
+    if isinstance(factor, SampleDeviations):
+        return out.addmm_(factor.mixed(z), factor.features.flatten(0, 1), alpha=factor.gain)
     return out.add_(apply_noise(factor, z))
 
 
 def dense_factor(factor, paths: int) -> torch.Tensor:
     """Any factor apply_noise takes, as one (M, d, m) tensor (for consumers that need the matrix itself)."""
+    if isinstance(factor, SampleDeviations):
+        return factor.dense()
     if isinstance(factor, ScaledFactor):
         scale = factor.scale[:, :, None] if factor.scale.dim() == 2 else factor.scale[:, None, None]
         return scale * dense_factor(factor.factor, paths)
@@ -186,7 +270,9 @@ def dense_factor(factor, paths: int) -> torch.Tensor:
 
 
 def noise_variances(factor) -> torch.Tensor:
-    """diag Σ = diag(S Sᵀ) of a factor S (d, m) or (M, d, m): (d,) or (M, d), never forming Σ."""
+    """diag Σ = diag(S Sᵀ) of a factor S (d, m), (M, d, m) or `SampleDeviations`: (d,) or (M, d), never forming Σ."""
+    if isinstance(factor, SampleDeviations):
+        return factor.variances()
     return factor.square().sum(dim=-1)
 
 

@@ -32,7 +32,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from pgpo import Multiplier
-from sde_lab.problem import Problem, ScaledFactor, deviation_factor, last_call_cached
+from sde_lab.problem import Problem, ScaledFactor, deviation_factor, last_call_cached, scale_factor
 
 SDES = ("scaled", "paper")
 DRIFTS = ("correct", "naive")
@@ -113,7 +113,7 @@ def models_and_orders() -> list[ModelOrder]:
 @dataclass
 class SDEModel:
     """dX = drift(X) dt + diffusion(X) dW: drift (M, d) → (M, d), diffusion (M, d) → (M, d, m), a constant (d, m),
-    or a `ScaledFactor` (a per-path scale times either)."""
+    `SampleDeviations` (a finite sum's structured factor), or a `ScaledFactor` (a per-path scale times any of them)."""
 
     name: str
     claimed_order: int
@@ -146,9 +146,9 @@ def sme(problem: Problem, eta: float, multiplier: Multiplier | None = None, sde:
         b = lambda x: -rho(x)[:, None] * problem.grad(x)  # noqa: E731
 
     def diffusion(x):
-        factor = problem.noise(x)
+        factor = problem.factor(x)
         if rho is None or sde == "paper":
-            return root_eta * factor
+            return scale_factor(factor, root_eta)
         return ScaledFactor(root_eta * rho(x), factor)  # ρ applied to S z, never to a per-path copy of S
 
     drift_fn = b if order == 1 else _second_order(b, eta)

@@ -23,7 +23,7 @@ from sde_lab.adaptive import Adaptive, AdaptiveProcess, adaptive_sde
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.coupling import coupled_paths
 from sde_lab.fit import PolynomialFit, SlopeFit, polynomial_fit, slope_fit
-from sde_lab.problem import Problem, ScaledFactor, expect_output
+from sde_lab.problem import Problem, SampleDeviations, ScaledFactor, expect_output
 from sde_lab.sme import SDEModel, sme
 
 REFERENCES = ("auto", "exact", "em")
@@ -345,6 +345,8 @@ def _user_model(sde, eta: float, problem: Problem) -> SDEModel:
     if isinstance(factor, ScaledFactor):
         expect_output(f"SDE {model.name!r}: diffusion(x).scale", factor.scale, ("M",), sizes, x.dtype)
         factor = factor.factor
+    if isinstance(factor, SampleDeviations):
+        factor = factor.dense()
     dims = ("d", "m") if isinstance(factor, torch.Tensor) and factor.dim() == 2 else ("M", "d", "m")
     expect_output(f"SDE {model.name!r}: diffusion(x)", factor, dims, sizes, x.dtype)
     return model
