@@ -251,6 +251,9 @@ def add_noise(out: torch.Tensor, factor, z: torch.Tensor) -> torch.Tensor:
         return out
     if isinstance(factor, SampleDeviations):
         return out.addmm_(factor.mixed(z), factor.features.flatten(0, 1), alpha=factor.gain)
+    if isinstance(factor, ScaledFactor):  # out += c ∘ (S z): one fused multiply-add, no c·(S z) temporary
+        scale = factor.scale if factor.scale.dim() == 2 else factor.scale[:, None]
+        return out.addcmul_(scale, apply_noise(factor.factor, z))
     return out.add_(apply_noise(factor, z))
 
 

@@ -143,7 +143,7 @@ def sme(problem: Problem, eta: float, multiplier: Multiplier | None = None, sde:
         if problem.info is None:
             raise ValueError(f"PGPO with signal='state' needs problem.info; {problem.name!r} has none")
         rho = last_call_cached(lambda x: multiplier(problem.info(x)))  # the drift's ρ(X) reused by the diffusion
-        b = lambda x: -rho(x)[:, None] * problem.grad(x)  # noqa: E731
+        b = lambda x: (-rho(x))[:, None] * problem.grad(x)  # noqa: E731  (the sign on (M,), not on (M, d))
 
     def diffusion(x):
         factor = problem.factor(x)

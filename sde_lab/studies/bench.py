@@ -190,7 +190,7 @@ def run(paths: int = 1000, sdeint_paths: int | None = None, device="cpu", repeat
         "ratios": {"engine_vs_sdeint": peer_sdeint / ours, "engine_time_over_bare_normals": ours / floor,
                    "engine_vs_numpy_loop": numpy_em / ours,
                    "engine_vs_torchsde": None if peer_torchsde is None else peer_torchsde / ours},
-        "pgpo_against_sgd": [pgpo_against_sgd(d) for d in pgpo_dims],
+        "pgpo_against_sgd": [pgpo_against_sgd(d, repeats=repeats) for d in pgpo_dims],
     }
     return result
 

@@ -302,7 +302,7 @@ def _adaptive_series(problem, name: str, label: str, etas, paths: int, seed: int
 
 
 def _adaptive_data(quick: bool) -> dict:
-    paths = 1000 if quick else 8000
+    paths = 400 if quick else 8000
     panels = []
     for name, kwargs, finest, seed in tqdm(ADAPTIVE_PROBLEMS, desc="adaptive panels", leave=False):
         problem = catalog.get(name, **kwargs)
