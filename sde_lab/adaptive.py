@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from pgpo import Multiplier
-from sde_lab.problem import BlockFactor, Problem, ScaledFactor, apply_noise, noise_variances
+from sde_lab.problem import BlockFactor, Problem, ScaledFactor, apply_noise, last_call_cached, noise_variances
 from sde_lab.sme import SDEModel
 
 KINDS = ("rmsprop", "adam")
@@ -227,6 +227,11 @@ def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | N
     dim = s.state_dim(d)
     noise_dim = problem.noise_dim()
 
+    # one θ view per state, so the drift and the diffusion at the same state share the problem's cached work
+    # (a finite sum's per-sample coefficients) and ρ(θ), instead of each computing them again
+    theta_of = last_call_cached(lambda state: state[:, parts["theta"]])
+
+    @last_call_cached
     def rho(theta):  # (M, 1)
         if multiplier is None:
             return torch.ones(theta.shape[0], 1, dtype=theta.dtype, device=theta.device)
@@ -239,7 +244,7 @@ def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | N
         return s.sigma0 * u.clamp(min=0.0).sqrt() + s.eps0 * g2.sqrt()
 
     def drift(state):
-        theta, u, t = state[:, parts["theta"]], state[:, parts["u"]], state[:, parts["t"]]
+        theta, u, t = theta_of(state), state[:, parts["u"]], state[:, parts["t"]]
         g1, g2 = _gammas(s, t)
         grad = problem.grad(theta)
         du = s.c2 * (noise_variances(problem.factor(theta)) - u)  # diag Σ: (d,) or (M, d)
@@ -254,7 +259,7 @@ def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | N
         return torch.cat([dtheta, s.c1 * (grad - m), du, torch.ones_like(t)], dim=1)
 
     def diffusion(state):
-        theta, u = state[:, parts["theta"]], state[:, parts["u"]]
+        theta, u = theta_of(state), state[:, parts["u"]]
         factor = problem.factor(theta)  # Σ^{1/2}: (d, m), (M, d, m) or SampleDeviations, never padded to (M, D, m)
         # signs as the coupling needs them (the process's normals are z = −ΣΔW/√h); the law is the same either way
         if s.kind == "rmsprop":

@@ -23,7 +23,7 @@ from sde_lab.adaptive import Adaptive, AdaptiveProcess, adaptive_sde
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.coupling import coupled_paths
 from sde_lab.fit import PolynomialFit, SlopeFit, polynomial_fit, slope_fit
-from sde_lab.problem import Problem, SampleDeviations, ScaledFactor, expect_output
+from sde_lab.problem import Problem, ScaledFactor, dense_factor, expect_output
 from sde_lab.sme import SDEModel, sme
 
 REFERENCES = ("auto", "exact", "em")
@@ -343,11 +343,11 @@ def _user_model(sde, eta: float, problem: Problem) -> SDEModel:
     expect_output(f"SDE {model.name!r}: drift(x)", model.drift(x), ("M", "d"), sizes, x.dtype)
     factor = model.diffusion(x)
     if isinstance(factor, ScaledFactor):
-        expect_output(f"SDE {model.name!r}: diffusion(x).scale", factor.scale, ("M",), sizes, x.dtype)
-        factor = factor.factor
-    if isinstance(factor, SampleDeviations):
-        factor = factor.dense()
-    dims = ("d", "m") if isinstance(factor, torch.Tensor) and factor.dim() == 2 else ("M", "d", "m")
+        scale_dims = ("M",) if isinstance(factor.scale, torch.Tensor) and factor.scale.dim() == 1 else ("M", "d")
+        expect_output(f"SDE {model.name!r}: diffusion(x).scale", factor.scale, scale_dims, sizes, x.dtype)
+    if not isinstance(factor, torch.Tensor):  # every structured form is checked as the matrix it stands for
+        factor = dense_factor(factor, x.shape[0])
+    dims = ("d", "m") if factor.dim() == 2 else ("M", "d", "m")
     expect_output(f"SDE {model.name!r}: diffusion(x)", factor, dims, sizes, x.dtype)
     return model
 

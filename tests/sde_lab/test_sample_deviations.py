@@ -52,7 +52,7 @@ def test_a_term_common_to_every_sample_cancels():
 
 
 @pytest.mark.parametrize("make", FINITE_SUMS)
-def test_built_in_finite_sums_keep_the_law_of_their_samples(make):
+def test_built_in_finite_sums_grad_noise_and_samples_agree_with_their_per_sample_gradients(make):
     """grad, the factor and the sampled gradients of each built-in finite sum against its dense per-sample gradients."""
     problem = make()
     x = problem.x0 + torch.randn(7, problem.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -92,3 +92,63 @@ def test_self_distillation_signal_is_the_kl_of_pgpo():
     _, infos, _ = problem.batches(x)
     assert torch.allclose(infos, expected)
     assert torch.allclose(problem.info(x), expected.mean(dim=1))
+
+
+def test_a_user_sde_may_return_every_diffusion_form_the_built_in_ones_use():
+    """`weak_error(sde=...)` checks a user SDE's diffusion as the matrix it stands for, whatever its form: the same
+    ladder through the plain SME and through the SME rebuilt from structured forms reads the same errors (to rounding)."""
+    from sde_lab.sme import SDEModel, sme
+    from sde_lab.weak_error import weak_error
+
+    problem = catalog.logistic_regression()
+    etas = [0.25, 0.125]
+
+    def rebuilt(eta, wrap):
+        plain = sme(problem, eta)
+        return SDEModel("mine", 1, plain.drift, lambda x: wrap(x, plain.diffusion(x)), plain.noise_dim)
+
+    ones = lambda x: torch.ones(x.shape[0], x.shape[1], dtype=x.dtype)  # noqa: E731  a (M, d) scale of 1
+    run = lambda sde: weak_error(problem, etas, 0.5, sde=sde, paths=200, reference="em", test_fn="norm2",  # noqa: E731
+                                 progress=False).errors
+    expected = run("scaled")
+    for wrap in (lambda x, f: f, lambda x, f: ScaledFactor(ones(x), f), lambda x, f: BlockFactor(2, slice(0, 2), f)):
+        assert np.allclose(run(lambda eta: rebuilt(eta, wrap)), expected, rtol=1e-9, atol=0)  # fused adds round apart
+    with pytest.raises(ValueError, match=r"diffusion\(x\).scale returned shape \(2, 5\)"):
+        run(lambda eta: rebuilt(eta, lambda x, f: ScaledFactor(torch.ones(x.shape[0], 5, dtype=x.dtype), f)))
+
+
+def _per_sample_losses(name):
+    """The built-in finite sums' per-sample losses ℓ_i(w) (d,) → (n,), written out here from their definitions and
+    their data drawn as the catalog draws them (seed 0, default sizes): an oracle independent of their structure."""
+    rng = np.random.default_rng(0)
+    if name == "linear_regression":
+        a = torch.from_numpy(rng.normal(size=(16, 2)))
+        b = a @ torch.from_numpy(rng.normal(size=2)) + 0.5 * torch.from_numpy(rng.normal(size=16))
+        return lambda w: 0.5 * (a @ w - b) ** 2
+    a = torch.from_numpy(rng.normal(size=(16, 2)))
+    margin = a @ torch.from_numpy(rng.normal(size=2)) + 0.5 * torch.from_numpy(rng.normal(size=16))
+    y = torch.where(margin >= 0, 1.0, -1.0).double()
+    return lambda w: torch.nn.functional.softplus(-y * (a @ w)) + 0.05 * (w * w).sum()
+
+
+@pytest.mark.parametrize("name", ["linear_regression", "logistic_regression"])
+def test_per_sample_gradients_are_the_gradients_of_the_per_sample_losses(name):
+    problem = catalog.get(name)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    expected = torch.stack([torch.func.jacrev(_per_sample_losses(name))(w) for w in x])  # (M, n, d) by autograd
+    grads, _, _ = problem.batches(x)
+    assert torch.allclose(grads, expected)
+    assert torch.allclose(problem.grad(x), expected.mean(dim=1))
+
+
+def test_self_distillation_field_is_f_transpose_student_minus_teacher():
+    """The toy's per-prompt direction F_iᵀ(p_i − q_i), from logits in the prompts-first layout it was defined in."""
+    problem = catalog.self_distillation()
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    rng = np.random.default_rng(0)
+    features = torch.from_numpy(rng.normal(scale=0.5, size=(8, 4, 3)))
+    correct = torch.from_numpy(rng.integers(4, size=8))
+    logits = torch.einsum("nkd,pd->pnk", features, x)
+    p, q = logits.softmax(-1), (logits + 2.0 * torch.nn.functional.one_hot(correct, 4)).softmax(-1)
+    grads, _, _ = problem.batches(x)
+    assert torch.allclose(grads, torch.einsum("nkd,pnk->pnd", features, p - q))
