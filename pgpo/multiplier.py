@@ -127,7 +127,7 @@ class Multiplier:
             return minimum(1.0 + self.alpha * i, self.rho_max)
         if excess == 0.0:  # tanh form's limit as ρ_max → 1
             return 1.0 + 0.0 * i
-        return 1.0 + excess * tanh(self.alpha * i / excess)
+        return 1.0 + excess * tanh(i * (self.alpha / excess))  # α/(ρ_max − 1) folded: one product per element
 
     def _slope_numpy(self, i: np.ndarray) -> np.ndarray:
         valid = np.isfinite(i) & (i >= 0)  # ρ is flat where I is clamped or replaced

@@ -89,21 +89,25 @@ def _finite_sum(name, dim, x0, coefficients, features, loss, lambda_max, common=
     flat = features.flatten(0, 1)  # (Kn, d)
     n = features.shape[1]
 
-    def shared(x):
-        return 0.0 if common is None else common(x)
 
     def per_sample(x):  # (M, n, d)
         g = torch.einsum("pkn,knd->pnd", coefficients(x), features.to(x))
         return g if common is None else g + common(x)[:, None, :]
 
     def grad(x):
-        return (coefficients(x).flatten(1) @ flat.to(x)).div_(n) + shared(x)
+        mean = (coefficients(x).flatten(1) @ flat.to(x)).div_(n)
+        return mean if common is None else mean.add_(common(x))
 
     def infos(x, grads):
         return per_sample_info(x) if per_sample_info is not None else info_of(grads)
 
-    def uniform(x):
-        return torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
+    weights = {}
+
+    def uniform(x):  # made once per dtype and device: the solvers ask at every sub-step
+        key = (x.dtype, x.device)
+        if key not in weights:
+            weights[key] = torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
+        return weights[key]
 
     def noise_sqrt(x):
         return SampleDeviations(coefficients(x), features.to(x), uniform(x))
@@ -112,7 +116,7 @@ def _finite_sum(name, dim, x0, coefficients, features, loss, lambda_max, common=
         pick = torch.randint(n, (x.shape[0],), generator=gen, device=x.device)
         rows = torch.arange(x.shape[0], device=x.device)
         g = torch.einsum("pk,pkd->pd", coefficients(x)[rows, :, pick], features.to(x)[:, pick].transpose(0, 1))
-        g = g + shared(x)
+        g = g if common is None else g + common(x)
         if per_sample_info is not None:
             return g, per_sample_info(x)[rows, pick]
         return g, info_of(g)
@@ -191,23 +195,27 @@ def self_distillation(prompts=8, answers=4, dim=3, bonus=2.0, feature_scale=0.5,
     shift[torch.arange(prompts), correct] = bonus
 
     features = F.transpose(0, 1).contiguous()  # (K, n, d): answers first, as the logits below hold them
+    flat = features.flatten(0, 1)  # (Kn, d)
     shift = shift.T.contiguous()  # (K, n)
+    tilt = shift.exp()  # the teacher is the student tilted by e^{shift}: q ∝ p·e^{shift}
 
     @last_call_cached
-    def student_teacher(theta):  # log p, log q, q: (M, K, n), normalised over the answers (dim 1)
-        # torch's log_softmax over a short axis of K is about 3× faster when that axis is not the last
-        z = torch.einsum("knd,pd->pkn", features.to(theta), theta)
-        log_q = (z + shift.to(theta)).log_softmax(1)
-        return z.log_softmax(1), log_q, log_q.exp()
+    def student_teacher(theta):  # p, q (M, K, n), normalised over the answers (dim 1), and Z = Σ_k p_k e^{shift_k} (M, 1, n)
+        # one softmax: q = p·e^{shift}/Z is the softmax of the shifted logits (torch reduces a short axis of K
+        # fastest when it is not the last)
+        p = (theta @ flat.to(theta).T).view(-1, answers, prompts).softmax(1)
+        tilted = p * tilt.to(theta)
+        z = tilted.sum(dim=1, keepdim=True)
+        return p, tilted / z, z
 
     def residuals(theta):  # the per-prompt field F_iᵀ(p_i − q_i), as its coefficients p_i − q_i: (M, K, n)
-        log_p, _, q = student_teacher(theta)
-        return log_p.exp() - q
+        p, q, _ = student_teacher(theta)
+        return p - q
 
     def per_sample_info(theta):  # KL(q_i ‖ p_i): (M, n)
-        log_p, log_q, q = student_teacher(theta)
-        # pgpo.kl's masks guard logits of −inf, which a softmax of finite logits never has: the plain sum is exact
-        return (q * (log_q - log_p)).sum(dim=1)
+        # log q − log p = shift − log Z, so the KL is Σ_k q_k shift_k − log Z: no logarithm of p is taken
+        _, q, z = student_teacher(theta)
+        return (q * shift.to(theta)).sum(dim=1) - z[:, 0].log()
 
     def information(theta):
         return per_sample_info(theta).mean(dim=1)

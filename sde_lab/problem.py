@@ -251,9 +251,10 @@ def add_noise(out: torch.Tensor, factor, z: torch.Tensor) -> torch.Tensor:
         return out
     if isinstance(factor, SampleDeviations):
         return out.addmm_(factor.mixed(z), factor.features.flatten(0, 1), alpha=factor.gain)
-    if isinstance(factor, ScaledFactor):  # out += c ∘ (S z): one fused multiply-add, no c·(S z) temporary
-        scale = factor.scale if factor.scale.dim() == 2 else factor.scale[:, None]
-        return out.addcmul_(scale, apply_noise(factor.factor, z))
+    if isinstance(factor, ScaledFactor):
+        if factor.scale.dim() == 1:  # a per-path c: c_p (S z_p) = S (c_p z_p), so S's own fused multiply-add applies
+            return add_noise(out, factor.factor, z * factor.scale[:, None])
+        return out.addcmul_(factor.scale, apply_noise(factor.factor, z))  # per row: one fused multiply-add
     return out.add_(apply_noise(factor, z))
 
 

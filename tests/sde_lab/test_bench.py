@@ -12,6 +12,9 @@ def test_bench_reports_every_peer_it_can_find():
     assert math.isclose(ratios["engine_vs_sdeint"], seconds["sdeint_itoEuler_loop"] / seconds["engine"])
     text = bench.report(result)
     assert "engine vs sdeint" in text and "timed on 2 paths" in text
+    # the loop on the engine's generator is a row of its own, so the generator's share of the ratio is visible
+    assert math.isclose(ratios["engine_vs_numpy_loop_sfc64"], seconds["numpy_loop_sfc64"] / seconds["engine"])
+    assert "SFC64" in text
 
 
 def test_the_engine_integrates_the_ou_process():
