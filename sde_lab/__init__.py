@@ -11,7 +11,7 @@ The library:
                             each declaring its order in h = η² (`adaptive`);
 - `sme`, `SDEModel`         their stochastic modified equations, each declaring the weak order it claims
                             (`sme.models_and_orders()`: every one with its order);
-- `brownian`                the solvers' Brownian increments (numpy's generator on the CPU);
+- `brownian`                the solvers' Brownian increments (numpy's generator, SFC64, on the CPU);
 - `schemes`, `coupling`     Euler–Maruyama (declaring its weak and strong order), Richardson extrapolation
                             at that order; the coupled simulation of a process against its SDE;
 - `weak_error`, `fit`       the measurement and its fits with 95% intervals;

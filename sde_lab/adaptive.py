@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import torch
 
 from pgpo import Multiplier
-from sde_lab.problem import BlockFactor, Problem, ScaledFactor, apply_noise, last_call_cached, noise_variances
+from sde_lab.problem import (BlockFactor, Problem, ScaledFactor, apply_noise, last_call_cached, noise_variances,
+                             scale_factor)
 from sde_lab.sme import SDEModel
 
 KINDS = ("rmsprop", "adam")
@@ -230,42 +231,47 @@ def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | N
     # one θ view per state, so the drift and the diffusion at the same state share the problem's cached work
     # (a finite sum's per-sample coefficients) and ρ(θ), instead of each computing them again
     theta_of = last_call_cached(lambda state: state[:, parts["theta"]])
+    # a constant Σ^{1/2} is one tensor at every sub-step: its diag Σ and its scaled copy are made once
+    once = last_call_cached if isinstance(problem.noise_sqrt, torch.Tensor) else (lambda fn: fn)
+    variances = once(noise_variances)
+    m_noise = once(lambda factor: scale_factor(factor, -s.c1 * s.sigma0))
 
     @last_call_cached
     def rho(theta):  # (M, 1)
-        if multiplier is None:
-            return torch.ones(theta.shape[0], 1, dtype=theta.dtype, device=theta.device)
         return multiplier(problem.info(theta))[:, None]
 
-    def noise_rho(theta):  # ρ where it scales the noise, else 1
-        return rho(theta) if multiplier is not None and rho_in == "both" else torch.ones_like(theta[:, :1])
+    rho_on_noise = multiplier is not None and rho_in == "both"
 
-    def preconditioner(u, g2):  # P = σ₀√u + ε₀√γ₂, (M, d)
-        return s.sigma0 * u.clamp(min=0.0).sqrt() + s.eps0 * g2.sqrt()
+    def preconditioner(u, root_g2=None):  # P = σ₀√u + ε₀√γ₂, (M, d); RMSprop has γ₂ = 1
+        p = s.sigma0 * u.clamp(min=0.0).sqrt()
+        return p + s.eps0 if root_g2 is None else p + s.eps0 * root_g2
+
+    def minus_rho_times(theta, x):  # −ρ(θ)·x, or −x for the optimizer alone
+        return -x if multiplier is None else x * -rho(theta)
 
     def drift(state):
         theta, u, t = theta_of(state), state[:, parts["u"]], state[:, parts["t"]]
-        g1, g2 = _gammas(s, t)
         grad = problem.grad(theta)
-        du = s.c2 * (noise_variances(problem.factor(theta)) - u)  # diag Σ: (d,) or (M, d)
+        du = s.c2 * (variances(problem.factor(theta)) - u)  # diag Σ: (d,) or (M, d)
         if s.kind == "rmsprop":
-            return torch.cat([-rho(theta) * grad / preconditioner(u, g2), du, torch.ones_like(t)], dim=1)
+            return torch.cat([minus_rho_times(theta, grad / preconditioner(u)), du, torch.ones_like(t)], dim=1)
         m = state[:, parts["m"]]
+        g1, g2 = _gammas(s, t)
+        root_g2 = g2.sqrt()
         # at t = 0, m/γ₁ and √γ₂/P are both 0/0 (m = u = 0, γ₁ = γ₂ = 0): nothing has moved yet, so θ's drift
         # there is taken as 0; for t > 0 it is finite (√γ₂/P → 1/(σ₀√diag Σ + ε₀), m/γ₁ ~ t^{-1/2} integrable)
-        started = (g1 > 0).expand_as(m)
-        ratio = (m / g1) * g2.sqrt() / preconditioner(u, g2)
-        dtheta = -rho(theta) * torch.where(started, ratio, torch.zeros_like(m))
-        return torch.cat([dtheta, s.c1 * (grad - m), du, torch.ones_like(t)], dim=1)
+        ratio = torch.where(g1 > 0, m * (root_g2 / g1) / preconditioner(u, root_g2), 0.0)
+        return torch.cat([minus_rho_times(theta, ratio), s.c1 * (grad - m), du, torch.ones_like(t)], dim=1)
 
     def diffusion(state):
         theta, u = theta_of(state), state[:, parts["u"]]
         factor = problem.factor(theta)  # Σ^{1/2}: (d, m), (M, d, m) or SampleDeviations, never padded to (M, D, m)
         # signs as the coupling needs them (the process's normals are z = −ΣΔW/√h); the law is the same either way
         if s.kind == "rmsprop":
-            scale = noise_rho(theta) * s.sigma0 / preconditioner(u, torch.ones_like(u))  # (M, d)
-            return BlockFactor(dim, parts["theta"], ScaledFactor(scale, factor))
-        return BlockFactor(dim, parts["m"], ScaledFactor(-s.c1 * s.sigma0 * noise_rho(theta)[:, 0], factor))
+            scale = s.sigma0 / preconditioner(u)  # (M, d)
+            return BlockFactor(dim, parts["theta"], ScaledFactor(rho(theta) * scale if rho_on_noise else scale, factor))
+        noise = m_noise(factor)  # −c₁σ₀Σ^{1/2}
+        return BlockFactor(dim, parts["m"], ScaledFactor(rho(theta)[:, 0], noise) if rho_on_noise else noise)
 
     declared = adaptive_family(s.kind, multiplier is not None, rho_in)
     return SDEModel(declared.name, declared.claims, drift, diffusion, noise_dim)
