@@ -226,6 +226,7 @@ def claims() -> list[Claim]:
                         catalog.quadratic, (1, 3), 1000, quick=True),
         _adaptive_claim("logistic PGPO-Adam/ρ in θ's drift", "PGPO-Adam-SDE[ρ in θ's drift only]",
                         catalog.logistic_regression, (1, 3), 2000, quick=True, t0=1.0),
+        _adaptive_claim("quadratic Adam", "Adam-SDE", catalog.quadratic, (1, 3), 2000, t0=1.0),
         _adaptive_claim("logistic Adam", "Adam-SDE", catalog.logistic_regression, (1, 3), 2000, t0=1.0),
         _adaptive_claim("self_distillation Adam", "Adam-SDE", catalog.self_distillation, (1, 3), 2000, t0=1.0,
                         seed=1),

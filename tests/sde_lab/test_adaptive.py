@@ -191,10 +191,10 @@ def test_every_factor_form_adds_its_noise_in_place_as_the_dense_matrix_does():
     forms = [draw(7, 3), draw(5, 7, 3), ScaledFactor(draw(5), draw(7, 3)), ScaledFactor(draw(5, 7), draw(5, 7, 3)),
              BlockFactor(7, slice(2, 6), draw(4, 3)), BlockFactor(7, slice(4, 7), ScaledFactor(draw(5), draw(5, 3, 3)))]
     for factor in forms:
-        before = y.clone()
+        before, normals = y.clone(), z.clone()
         expected = y + torch.einsum("pdm,pm->pd", dense_factor(factor, 5), z)
         assert torch.allclose(add_noise(y.clone(), factor, z), expected)
-        assert torch.equal(y, before)
+        assert torch.equal(y, before) and torch.equal(z, normals)  # the shared increments are never written
 
 
 def test_verify_measures_every_adaptive_sde_against_the_order_it_claims():

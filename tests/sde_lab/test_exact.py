@@ -149,3 +149,26 @@ def test_checkpoints_follow_the_definition_of_weak_order():
     assert mc.checkpoint_errors.shape == (4, 8)
     np.testing.assert_allclose(mc.checkpoint_errors[:, -1], mc.errors)
     assert np.all(mc.paths_needed > 0) and "paths_needed" in mc.diagnostics
+
+
+@pytest.mark.parametrize("name", ["quadratic", "random_hessian", "logistic_regression", "self_distillation"])
+@pytest.mark.parametrize("multiplier", [None, Multiplier(2.0, 2.0, form="smooth")], ids=["SGD", "PGPO"])
+def test_the_order_two_drift_is_b_minus_half_eta_jacobian_times_b(name, multiplier):
+    """b − (η/2) J_b b from two reverse-mode passes equals the same from forward mode (torch.func.jvp), and leaves
+    the state untouched and without a graph."""
+    problem, eta = catalog.get(name), 0.1
+    first = sme(problem, eta, multiplier, order=1)
+    second = sme(problem, eta, multiplier, order=2)
+    x = problem.x0 + 0.3 * torch.randn(5, problem.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    before = x.clone()
+    b, jvp = torch.func.jvp(first.drift, (x,), (first.drift(x),))
+    drift = second.drift(x)
+    assert torch.allclose(drift, b - 0.5 * eta * jvp, rtol=1e-12, atol=1e-14)
+    assert torch.equal(x, before) and not drift.requires_grad and not x.requires_grad
+
+
+def test_the_order_two_drift_of_a_constant_field_is_the_field():
+    problem = catalog.quadratic(hessian=(1.0,), x0=(0.5,))
+    problem.grad = lambda x: torch.full_like(x, 0.25)  # ∇L independent of x: J_b = 0
+    assert torch.equal(sme(problem, 0.1, order=2).drift(torch.ones(3, 1, dtype=torch.float64)),
+                       torch.full((3, 1), -0.25, dtype=torch.float64))

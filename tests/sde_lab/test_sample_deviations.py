@@ -37,6 +37,7 @@ def test_structured_factor_is_the_dense_deviation_factor(k):
     scale = torch.rand(6, dtype=torch.float64) + 0.5
     scaled = ScaledFactor(scale, scale_factor(factor, 2.0))
     assert torch.allclose(apply_noise(scaled, z), 2.0 * scale[:, None] * torch.einsum("pdn,pn->pd", dense, z))
+    assert torch.allclose(add_noise(y.clone(), scaled, z), y + 2.0 * scale[:, None] * torch.einsum("pdn,pn->pd", dense, z))
     block = BlockFactor(9, slice(5, 9), factor)
     out = add_noise(torch.zeros(6, 9, dtype=torch.float64), block, z)
     assert torch.equal(out[:, :5], torch.zeros(6, 5, dtype=torch.float64))
