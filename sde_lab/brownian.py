@@ -2,9 +2,10 @@
 
 On the CPU they are drawn by numpy's generator on its SFC64 bit generator (seeded once from the torch.Generator):
 the draws are most of an Euler–Maruyama step's cost, numpy draws float64 normals about twice as fast as torch's
-CPU generator, and SFC64 (a small chaotic counter generator that passes BigCrush and PractRand) feeds them
-about a third faster than numpy's default PCG64 (`python -m sde_lab bench` prints each). On an accelerator they are drawn by torch on the device, where
-they are made. Either way the same generator state gives the same increments.
+CPU generator, and SFC64 (Doty-Humphrey's Small Fast Chaotic generator with a 64-bit counter: period at least
+2^64, about 2^255 expected, as numpy documents it) feeds them about a third faster than numpy's default PCG64
+(`python -m sde_lab bench` prints each). On an accelerator they are drawn by torch on the device, where they are
+made. Either way the same generator state gives the same increments.
 """
 
 from __future__ import annotations
