@@ -39,7 +39,7 @@ import torch
 
 from pgpo import Multiplier
 from sde_lab.problem import (BlockFactor, Problem, ScaledFactor, apply_noise, last_call_cached, noise_variances,
-                             scale_factor)
+                             once_per_device, scale_factor)
 from sde_lab.sme import SDEModel
 
 KINDS = ("rmsprop", "adam")
@@ -231,10 +231,10 @@ def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | N
     # one θ view per state, so the drift and the diffusion at the same state share the problem's cached work
     # (a finite sum's per-sample coefficients) and ρ(θ), instead of each computing them again
     theta_of = last_call_cached(lambda state: state[:, parts["theta"]])
-    # a constant Σ^{1/2} is one tensor at every sub-step: its diag Σ and its scaled copy are made once
-    once = last_call_cached if isinstance(problem.noise_sqrt, torch.Tensor) else (lambda fn: fn)
-    variances = once(noise_variances)
-    m_noise = once(lambda factor: scale_factor(factor, -s.c1 * s.sigma0))
+    variances = lambda theta: noise_variances(problem.factor(theta))  # noqa: E731  diag Σ: (d,) or (M, d)
+    m_noise = lambda theta: scale_factor(problem.factor(theta), -s.c1 * s.sigma0)  # noqa: E731  −c₁σ₀Σ^{1/2}
+    if isinstance(problem.noise_sqrt, torch.Tensor):  # a constant Σ^{1/2}: both made once, not at every sub-step
+        variances, m_noise = once_per_device(variances), once_per_device(m_noise)
 
     @last_call_cached
     def rho(theta):  # (M, 1)
@@ -252,7 +252,7 @@ def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | N
     def drift(state):
         theta, u, t = theta_of(state), state[:, parts["u"]], state[:, parts["t"]]
         grad = problem.grad(theta)
-        du = s.c2 * (variances(problem.factor(theta)) - u)  # diag Σ: (d,) or (M, d)
+        du = s.c2 * (variances(theta) - u)
         if s.kind == "rmsprop":
             return torch.cat([minus_rho_times(theta, grad / preconditioner(u)), du, torch.ones_like(t)], dim=1)
         m = state[:, parts["m"]]
@@ -265,12 +265,13 @@ def adaptive_sde(problem: Problem, setting: Adaptive, multiplier: Multiplier | N
 
     def diffusion(state):
         theta, u = theta_of(state), state[:, parts["u"]]
-        factor = problem.factor(theta)  # Σ^{1/2}: (d, m), (M, d, m) or SampleDeviations, never padded to (M, D, m)
-        # signs as the coupling needs them (the process's normals are z = −ΣΔW/√h); the law is the same either way
+        # Σ^{1/2}: (d, m), (M, d, m) or SampleDeviations, never padded to (M, D, m); signs as the coupling needs them
+        # (the process's normals are z = −ΣΔW/√h); the law is the same either way
         if s.kind == "rmsprop":
             scale = s.sigma0 / preconditioner(u)  # (M, d)
-            return BlockFactor(dim, parts["theta"], ScaledFactor(rho(theta) * scale if rho_on_noise else scale, factor))
-        noise = m_noise(factor)  # −c₁σ₀Σ^{1/2}
+            scale = rho(theta) * scale if rho_on_noise else scale
+            return BlockFactor(dim, parts["theta"], ScaledFactor(scale, problem.factor(theta)))
+        noise = m_noise(theta)
         return BlockFactor(dim, parts["m"], ScaledFactor(rho(theta)[:, 0], noise) if rho_on_noise else noise)
 
     declared = adaptive_family(s.kind, multiplier is not None, rho_in)

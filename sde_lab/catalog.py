@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from sde_lab.oracles import QuadraticOracle, RandomHessianOracle
-from sde_lab.problem import Problem, SampleDeviations, last_call_cached
+from sde_lab.problem import Problem, SampleDeviations, last_call_cached, once_per_device
 
 
 def gradient_signal(g: torch.Tensor) -> torch.Tensor:
@@ -89,7 +89,6 @@ def _finite_sum(name, dim, x0, coefficients, features, loss, lambda_max, common=
     flat = features.flatten(0, 1)  # (Kn, d)
     n = features.shape[1]
 
-
     def per_sample(x):  # (M, n, d)
         g = torch.einsum("pkn,knd->pnd", coefficients(x), features.to(x))
         return g if common is None else g + common(x)[:, None, :]
@@ -101,13 +100,9 @@ def _finite_sum(name, dim, x0, coefficients, features, loss, lambda_max, common=
     def infos(x, grads):
         return per_sample_info(x) if per_sample_info is not None else info_of(grads)
 
-    weights = {}
-
-    def uniform(x):  # made once per dtype and device: the solvers ask at every sub-step
-        key = (x.dtype, x.device)
-        if key not in weights:
-            weights[key] = torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
-        return weights[key]
+    @once_per_device
+    def uniform(x):  # the samples' probabilities: (n,)
+        return torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
 
     def noise_sqrt(x):
         return SampleDeviations(coefficients(x), features.to(x), uniform(x))

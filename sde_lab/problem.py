@@ -325,3 +325,17 @@ def last_call_cached(fn: Callable) -> Callable:
         return last[1]
 
     return cached
+
+
+def once_per_device(make: Callable) -> Callable:
+    """x ↦ make(x) for a value that depends on x only through its dtype and device (a constant factor, uniform
+    weights): made once for each, since the solvers ask for it at every sub-step."""
+    made = {}
+
+    def cached(x):
+        key = (x.dtype, x.device)
+        if key not in made:
+            made[key] = make(x)
+        return made[key]
+
+    return cached

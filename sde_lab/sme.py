@@ -32,7 +32,8 @@ from typing import Callable, NamedTuple
 import torch
 
 from pgpo import Multiplier
-from sde_lab.problem import Problem, ScaledFactor, deviation_factor, last_call_cached, scale_factor
+from sde_lab.problem import (Problem, ScaledFactor, deviation_factor, last_call_cached, once_per_device,
+                             scale_factor)
 
 SDES = ("scaled", "paper")
 DRIFTS = ("correct", "naive")
@@ -159,17 +160,8 @@ def sme(problem: Problem, eta: float, multiplier: Multiplier | None = None, sde:
 def _scaled_noise(problem: Problem, c: float) -> Callable:
     """x ↦ c·Σ^{1/2}(x) as the solvers take it; a constant factor is scaled once per dtype and device, not at every
     sub-step (on small problems each tensor operation of a sub-step costs about as much as the arithmetic)."""
-    if not isinstance(problem.noise_sqrt, torch.Tensor):
-        return lambda x: scale_factor(problem.factor(x), c)
-    scaled = {}
-
-    def constant(x):
-        key = (x.dtype, x.device)
-        if key not in scaled:
-            scaled[key] = scale_factor(problem.factor(x), c)
-        return scaled[key]
-
-    return constant
+    scaled = lambda x: scale_factor(problem.factor(x), c)  # noqa: E731
+    return once_per_device(scaled) if isinstance(problem.noise_sqrt, torch.Tensor) else scaled
 
 
 def _second_order(b: Callable, eta: float) -> Callable:
