@@ -24,6 +24,7 @@ from sde_lab.density import sde_law
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.oracles import stationary_spread
 from sde_lab.sme import KINKED, SMOOTH, sme
+from sde_lab.studies.parallel import in_worker, run_all
 from sde_lab.studies.settings import ADAPTIVE, ADAPTIVE_PROBLEMS, MINIBATCH, Q1D, SPREAD_HESSIAN, ladder
 from sde_lab.weak_error import weak_error
 
@@ -34,6 +35,7 @@ class Figure:
     caption: str
     compute: Callable[[bool], dict]  # quick → data
     draw: Callable[[dict], "object"]  # data → matplotlib Figure
+    long: bool = False  # among the longest to compute: started first when figures are computed side by side
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +182,7 @@ PROCESSES = [("SGD", None, "scaled"), ("PGPO, scaled SDE", SMOOTH, "scaled"), ("
 def _weak_error_data(quick: bool) -> dict:
     paths = 300 if quick else 4000
     panels = []
-    for name, kwargs, horizon, test_fn in tqdm(PANELS, desc="weak error panels", leave=False):
+    for name, kwargs, horizon, test_fn in tqdm(PANELS, desc="weak error panels", leave=False, disable=in_worker()):
         problem = catalog.get(name, **kwargs)
         first = 2 if problem.lambda_max is None else max(2, int(np.ceil(np.log2(2.0 * 2.0 * problem.lambda_max))))
         etas = ladder(first, first + (3 if quick else 4))  # the finest rung costs most
@@ -229,7 +231,7 @@ def _order_two_data(quick: bool) -> dict:
     runs = [("SGD vs SME-2", None, "scaled", 2), ("PGPO vs SME-1 (scaled)", SMOOTH, "scaled", 1),
             ("PGPO vs SME-2 (scaled)", SMOOTH, "scaled", 2), ("PGPO vs SME-2 drift, paper's diffusion", SMOOTH, "paper", 2)]
     series = []
-    for label, multiplier, sde, order in tqdm(runs, desc="order-2 ladders", leave=False):
+    for label, multiplier, sde, order in tqdm(runs, desc="order-2 ladders", leave=False, disable=in_worker()):
         r = weak_error(problem, etas, 1.0, multiplier=multiplier, sde=sde, order=order, test_fn="norm2",
                        paths=paths, seed=3, reference="em")
         series.append(_series(r, label))
@@ -257,7 +259,7 @@ def _minibatch_data(quick: bool) -> dict:
     paths = 1000 if quick else 4000
     series = []
     for drift, label in tqdm([("naive", "naive drift ρ(I(x))∇L"), ("correct", "correct drift E[ρ(I_γ)∇ℓ_γ]")],
-                             desc="mini-batch ladders", leave=False):
+                             desc="mini-batch ladders", leave=False, disable=in_worker()):
         r = weak_error(problem, etas, 2.0, multiplier=SMOOTH, signal="minibatch", drift=drift, test_fn="norm2",
                        paths=paths, seed=4)
         series.append(_series(r, label))
@@ -304,7 +306,7 @@ def _adaptive_series(problem, name: str, label: str, etas, paths: int, seed: int
 def _adaptive_data(quick: bool) -> dict:
     paths = 400 if quick else 8000
     panels = []
-    for name, kwargs, finest, seed in tqdm(ADAPTIVE_PROBLEMS, desc="adaptive panels", leave=False):
+    for name, kwargs, finest, seed in tqdm(ADAPTIVE_PROBLEMS, desc="adaptive panels", leave=False, disable=in_worker()):
         problem = catalog.get(name, **kwargs)
         etas = ladder(1, 3 if quick else finest)
         series = [_adaptive_series(problem, family, label, etas, paths, seed, t0) for label, family, t0 in ADAPTIVE_RUNS]
@@ -345,7 +347,7 @@ def _caps_data(quick: bool) -> dict:
     paths = 1000 if quick else 8000
     caps = {"hard": KINKED, "smooth": SMOOTH}
     series = []
-    for (cap, multiplier), order in tqdm([(c, o) for c in caps.items() for o in (1, 2)], desc="cap ladders", leave=False):
+    for (cap, multiplier), order in tqdm([(c, o) for c in caps.items() for o in (1, 2)], desc="cap ladders", leave=False, disable=in_worker()):
         r = weak_error(problem, etas, 1.0, multiplier=multiplier, order=order, test_fn="norm2", paths=paths, seed=5,
                        reference="em")
         series.append(_series(r, f"{cap} cap vs SME-{order}"))
@@ -384,7 +386,7 @@ def _density_data(quick: bool) -> dict:
     edges = np.linspace(lo, hi, bins + 1)
     panels = []
     etas = [2.0**-3, 2.0**-5, 2.0**-7]
-    for j, eta in enumerate(tqdm(etas, desc="double-well densities", leave=False)):
+    for j, eta in enumerate(tqdm(etas, desc="double-well densities", leave=False, disable=in_worker())):
         for process, multiplier, kinds in (("SGD", None, ("scaled",)), ("PGPO", SMOOTH, ("scaled", "paper"))):
             gen = torch.Generator().manual_seed(6000 + j)
             x = problem.x0.expand(paths, -1).clone()
@@ -474,13 +476,13 @@ FIGURES = [
     Figure("exact_orders", "SGD against its order-1 and order-2 SMEs on the exact problems: slopes 1 and 2, no Monte Carlo",
            _exact_orders_data, _exact_orders_draw),
     Figure("weak_error", "weak error vs η on every built-in problem: SGD and PGPO against the scaled and the paper's SDE, 95% bars",
-           _weak_error_data, _weak_error_draw),
+           _weak_error_data, _weak_error_draw, long=True),
     Figure("order_two", "the 1-D quadratic against the order-2 SME: slope 2 for SGD and for PGPO with the scaled diffusion, "
            "not with the paper's", _order_two_data, _order_two_draw),
     Figure("minibatch", "PGPO with the mini-batch's own signal: the naive drift's error plateaus, the correct drift's falls "
            "at order 1", _minibatch_data, _minibatch_draw),
     Figure("adaptive", "RMSprop, Adam and PGPO on Adam against their SDEs, weak error vs the SDE step h = η², and the "
-           "placements of ρ that fail", _adaptive_data, _adaptive_draw),
+           "placements of ρ that fail", _adaptive_data, _adaptive_draw, long=True),
     Figure("caps", "hard cap (kink) vs smooth cap, against the order-1 and order-2 scaled SDEs, and ρ along the path",
            _caps_data, _caps_draw),
     Figure("double_well_density", "marginal densities of SGD/PGPO iterates on the double well at three η against the "
@@ -490,35 +492,45 @@ FIGURES = [
 ]
 
 
-def run(out: str | Path = "figures", quick: bool = False, replot: bool = False, only: str | None = None,
-        progress: bool = True) -> list[Path]:
-    """Compute (or, with `replot`, read) each figure's data and write NAME.json, NAME.png and NAME.pdf."""
+def _make(task: tuple[str, str, bool, bool]) -> list[Path]:
+    """Figure task[0]: compute its data (or read it back, with replot = task[3]) into the folder task[1], quick or
+    not (task[2]), and write NAME.json, NAME.png and NAME.pdf there: what a worker runs."""
+    name, out, quick, replot = task
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    figure = next(f for f in FIGURES if f.name == name)
+    out = Path(out)
+    data_path = out / f"{figure.name}.json"
+    if replot:
+        if not data_path.exists():
+            raise FileNotFoundError(f"--replot needs {data_path}; run without --replot first")
+        data = json.loads(data_path.read_text())
+    else:
+        start = time.perf_counter()
+        data = figure.compute(quick)
+        data["_meta"] = {"quick": quick, "seconds": round(time.perf_counter() - start, 2), "caption": figure.caption}
+        data_path.write_text(json.dumps(data, indent=1))
+    with plt.style.context(PAPER_STYLE):
+        fig = figure.draw(data)
+        for ext in ("png", "pdf"):
+            fig.savefig(out / f"{figure.name}.{ext}")
+        plt.close(fig)
+    return [out / f"{figure.name}.{ext}" for ext in ("json", "png", "pdf")]
+
+
+def run(out: str | Path = "figures", quick: bool = False, replot: bool = False, only: str | None = None,
+        progress: bool = True, jobs: int | None = 1) -> list[Path]:
+    """Compute (or, with `replot`, read) each figure's data and write NAME.json, NAME.png and NAME.pdf; `jobs`
+    figures at a time, each in a process of its own (None: one per core; `sde_lab.studies.parallel`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
     selected = [f for f in FIGURES if only is None or f.name == only]
     if only is not None and not selected:
         raise ValueError(f"unknown figure {only!r}; figures are {[f.name for f in FIGURES]}")
-    for figure in tqdm(selected, desc="figures", disable=not progress):
-        data_path = out / f"{figure.name}.json"
-        if replot:
-            if not data_path.exists():
-                raise FileNotFoundError(f"--replot needs {data_path}; run without --replot first")
-            data = json.loads(data_path.read_text())
-        else:
-            start = time.perf_counter()
-            data = figure.compute(quick)
-            data["_meta"] = {"quick": quick, "seconds": round(time.perf_counter() - start, 2), "caption": figure.caption}
-            data_path.write_text(json.dumps(data, indent=1))
-        with plt.style.context(PAPER_STYLE):
-            fig = figure.draw(data)
-            for ext in ("png", "pdf"):
-                fig.savefig(out / f"{figure.name}.{ext}")
-            plt.close(fig)
-        written += [out / f"{figure.name}.{ext}" for ext in ("json", "png", "pdf")]
-    return written
+    tasks = [(f.name, str(out), quick, replot) for f in selected]
+    longest = [task for f, task in zip(selected, tasks) if f.long]
+    return [path for paths in run_all(_make, tasks, jobs, desc="figures", progress=progress,
+                                      first=longest) for path in paths]

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from pgpo import Multiplier
 from sde_lab import catalog
@@ -26,6 +25,7 @@ from sde_lab.adaptive import family_named
 from sde_lab.fit import local_slope
 from sde_lab.oracles import stationary_spread
 from sde_lab.sme import models_and_orders
+from sde_lab.studies.parallel import run_all
 from sde_lab.studies.settings import ADAPTIVE, MINIBATCH, Q1D, SPREAD_HESSIAN, ladder
 from sde_lab.weak_error import weak_error
 
@@ -56,6 +56,7 @@ class Claim:
     quick: bool = True  # part of the --quick run
     model: str | None = None  # the label in `MODELS` whose claimed order it measures (None: not an order claim)
     adaptive: str | None = None  # the name in `ADAPTIVE_FAMILIES` whose claimed order it measures
+    long: bool = False  # among the longest rows of the full run: started first when claims run side by side
 
 
 def _order_row(must_hold: bool, problem, etas, horizon, judge=None, model: str | None = None, **kwargs) -> Row:
@@ -152,7 +153,7 @@ def _stationary_spread(quick: bool) -> Row:
 
 def _order_claim(label: str, model: str, problem: Callable, rungs: tuple[int, int], horizon: float,
                  paths: int | None = None, deeper: bool = False, must_hold: bool = True, quick: bool = True,
-                 **kwargs) -> Claim:
+                 long: bool = False, **kwargs) -> Claim:
     """A claim on the order of `MODELS[model]`: problem() on ladder(*rungs) (one rung finer in the full mode
     when `deeper`), `paths` paths in the quick mode and 4× in the full one; kwargs go to `_order_row`."""
 
@@ -162,12 +163,12 @@ def _order_claim(label: str, model: str, problem: Callable, rungs: tuple[int, in
         return _order_row(must_hold, problem(), ladder(first, last if q or not deeper else last + 1), horizon,
                           model=model, **more, **kwargs)
 
-    return Claim(label, measure, quick, model)
+    return Claim(label, measure, quick, model, long=long)
 
 
 def _adaptive_claim(label: str, family: str, problem: Callable, rungs: tuple[int, int], paths: int,
                     quick: bool = False, must_hold: bool = True, t0: float = 0.0, multiplier=SMOOTH_ADAPTIVE,
-                    horizon: float = 1.0, **kwargs) -> Claim:
+                    horizon: float = 1.0, long: bool = False, **kwargs) -> Claim:
     """A claim on the order of the adaptive SDE `family` (a name in `ADAPTIVE_FAMILIES`): problem() on ladder(*rungs)
     with `paths` paths in either mode (its η's are few and coarse, so the quick and full runs differ only in which
     claims they hold); the optimizer in the scaling `settings.ADAPTIVE` started at `t0`, PGPO with `multiplier`."""
@@ -177,7 +178,7 @@ def _adaptive_claim(label: str, family: str, problem: Callable, rungs: tuple[int
         return _order_row(must_hold, problem(), ladder(*rungs), horizon, paths=paths, test_fn="norm2",
                           **measured_with, **kwargs)
 
-    return Claim(label, measure, quick, adaptive=family)
+    return Claim(label, measure, quick, adaptive=family, long=long)
 
 
 def claims() -> list[Claim]:
@@ -202,7 +203,7 @@ def claims() -> list[Claim]:
                      lambda: catalog.logistic_regression(feature_scale=2.0), (3, 6), 1.0, paths=2000,
                      multiplier=smooth4, test_fn="norm2", seed=2),
         _order_claim("self_distillation PGPO/paper", "PGPO[state]/SME[paper]", catalog.self_distillation, (2, 5),
-                     1.0, paths=6000, quick=False, multiplier=smooth4, test_fn="norm2", seed=2),  # 24 000 paths
+                     1.0, paths=6000, quick=False, multiplier=smooth4, test_fn="norm2", seed=2, long=True),  # 24 000 paths
         _order_claim("quadratic-1d PGPO/scaled-2", "PGPO[state]/SME[scaled]-2", q1d, (2, 6), 1.0, paths=4000,
                      test_fn="norm2"),
         _order_claim("quadratic-1d PGPO/paper-2", "PGPO[state]/SME[paper]-2", q1d, (2, 6), 1.0, paths=16000,
@@ -233,7 +234,7 @@ def claims() -> list[Claim]:
         _adaptive_claim("self_distillation PGPO-Adam/ρ in θ's drift", "PGPO-Adam-SDE[ρ in θ's drift only]",
                         catalog.self_distillation, (1, 3), 2000, t0=1.0, seed=1),
         _adaptive_claim("quadratic Adam, cold start", "Adam-SDE", catalog.quadratic, (2, 5), 8000, must_hold=False,
-                        judge=_cold_start),
+                        judge=_cold_start, long=True),
         _adaptive_claim("logistic RMSprop", "RMSprop-SDE", catalog.logistic_regression, (1, 3), 8000, t0=1.0),
         _adaptive_claim("logistic PGPO-RMSprop/ρ in drift and diffusion",
                         "PGPO-RMSprop-SDE[ρ in θ's drift and diffusion]", catalog.logistic_regression, (1, 3), 8000,
@@ -241,14 +242,24 @@ def claims() -> list[Claim]:
     ]
 
 
-def run(quick: bool = False, json_path: str | None = None, progress: bool = True, only: str | None = None) -> list[Row]:
-    rows = []
+def _measure(task: tuple[str, bool]) -> Row:
+    """The row of the claim labelled task[0], quick or full (task[1]), with its wall time: what a worker runs."""
+    label, quick = task
+    claim = next(c for c in claims() if c.label == label)
+    start = time.perf_counter()
+    row = claim.measure(quick)
+    row.seconds = time.perf_counter() - start
+    return row
+
+
+def run(quick: bool = False, json_path: str | None = None, progress: bool = True, only: str | None = None,
+        jobs: int | None = 1) -> list[Row]:
+    """The rows of the selected claims, in the table's order; `jobs` claims at a time, each in a process of its
+    own (None: one per core; `sde_lab.studies.parallel`), the longest started first."""
     selected = [c for c in claims() if (only is None or only in c.label) and (c.quick or not quick)]
-    for claim in tqdm(selected, desc="verify", disable=not progress):
-        start = time.perf_counter()
-        row = claim.measure(quick)
-        row.seconds = time.perf_counter() - start
-        rows.append(row)
+    longest = [(c.label, quick) for c in selected if c.long]
+    rows = run_all(_measure, [(c.label, quick) for c in selected], jobs, desc="verify", progress=progress,
+                   first=longest)
     if json_path:
         with open(json_path, "w") as f:
             json.dump([asdict(r) for r in rows], f, indent=2)

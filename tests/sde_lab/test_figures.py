@@ -10,7 +10,7 @@ from sde_lab.studies.figures import FIGURES, run
 
 @pytest.mark.slow
 def test_every_figure_regenerates_and_replots(tmp_path):
-    written = run(tmp_path, quick=True, progress=False)
+    written = run(tmp_path, quick=True, progress=False, jobs=2)  # side by side, as the command runs them
     assert len(written) == 3 * len(FIGURES) and len(FIGURES) >= 4
     for figure in FIGURES:
         png = image.imread(tmp_path / f"{figure.name}.png")
