@@ -347,7 +347,8 @@ def _caps_data(quick: bool) -> dict:
     paths = 1000 if quick else 8000
     caps = {"hard": KINKED, "smooth": SMOOTH}
     series = []
-    for (cap, multiplier), order in tqdm([(c, o) for c in caps.items() for o in (1, 2)], desc="cap ladders", leave=False, disable=in_worker()):
+    ladders = [(c, o) for c in caps.items() for o in (1, 2)]
+    for (cap, multiplier), order in tqdm(ladders, desc="cap ladders", leave=False, disable=in_worker()):
         r = weak_error(problem, etas, 1.0, multiplier=multiplier, order=order, test_fn="norm2", paths=paths, seed=5,
                        reference="em")
         series.append(_series(r, f"{cap} cap vs SME-{order}"))

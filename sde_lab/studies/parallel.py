@@ -1,11 +1,11 @@
 """Independent studies (verify's claims, the figures' data) on several CPU cores at once.
 
-A Monte Carlo ladder is a chain of small tensor operations that one core runs as fast as two, so the studies
-gain from cores only by running several ladders side by side. With `jobs` > 1 each item runs in a worker
-process of its own, started by spawning (torch's OpenMP threads do not survive a fork) and kept to one torch
-thread, so `jobs` workers keep `jobs` cores busy without oversubscribing them. Every item seeds its own
-generators, so its result does not depend on where or beside what it ran.
-"""
+A Monte Carlo ladder is a chain of small tensor operations that keeps about one core busy (torch splits only
+larger tensors over threads), so the studies gain from cores by running several ladders side by side. With
+`jobs` > 1 each item runs in a worker process of its own, started by spawning (torch's OpenMP threads do not
+survive a fork) and kept to one torch thread, so `jobs` workers keep `jobs` cores busy without oversubscribing
+them. Every item seeds its own generators, so its numbers do not depend on where or beside what it ran, up to the
+last digits of a reduction that torch splits over its threads (a worker has one)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ def run_all(fn: Callable, items: Sequence, jobs: int | None = 1, desc: str = "",
             first: Sequence | None = None) -> list:
     """[fn(item) for item in items], in the order of `items`.
 
-    fn must be a module-level function and the items picklable when `jobs` > 1 (they travel to the workers).
+    fn must be a module-level function and the items picklable when `jobs` > 1 (they travel to the workers); a
+    script that calls this with `jobs` > 1 needs the `if __name__ == "__main__":` guard, since a spawned worker
+    imports the script's main module.
     `first`: the items to start before the others (the longest, so that no long one starts last and leaves
     the other cores idle at the end). A worker's exception is raised here, with the worker's traceback.
     """
