@@ -4,6 +4,8 @@ Each oracle answers `discrete(eta, steps, test)` = E g(x_k) of SGD and `sde(eta,
 = E g(X_t) of SGD's order-1 or order-2 SME, or None when it does not cover that test function.
 Both are exact to rounding, so weak errors computed from them have no sampling error at all.
 `stationary_spread` gives the long-run spread of SGD with a constant ρ on the quadratic and of both SDEs.
+`AdaptiveQuadraticOracle` gives E g(θ_T) of the RMSprop and Adam SDEs on the quadratic, and of their Euler–Maruyama
+solutions, from linear moment equations.
 """
 
 from __future__ import annotations
@@ -117,3 +119,103 @@ def stationary_spread(hessian: np.ndarray, eta: float, rho: float) -> tuple[floa
     scaled = linalg.solve_continuous_lyapunov(-rho * h, -eta * rho**2 * h @ h)
     paper = linalg.solve_continuous_lyapunov(-rho * h, -eta * h @ h)
     return np.trace(discrete), np.trace(scaled), np.trace(paper)
+
+
+class AdaptiveQuadraticOracle:
+    """Exact moments of the RMSprop and Adam SDEs (`sde_lab.adaptive`, without PGPO) on a quadratic L = ½θᵀHθ with
+    a constant noise factor S (Σ = SSᵀ), and of their Euler–Maruyama solutions, from the optimizer's `initial_state`.
+
+    With Σ constant, u solves du = c₂(diag Σ − u)dt alone, so P(t) = σ₀√u + ε₀√γ₂ is a known function of time and
+    the SDE is linear in y = θ (RMSprop) or y = (θ, m) (Adam), dy = A(t)y dt + B(t)dW:
+
+        RMSprop:  A = −P⁻¹H,                       B = −σ₀P⁻¹S
+        Adam:     A = [[0, −(√γ₂/γ₁)P⁻¹], [c₁H, −c₁I]],   B = [[0], [c₁σ₀S]]
+
+    Its mean μ and covariance C solve μ' = Aμ, C' = AC + CAᵀ + BBᵀ (scipy's DOP853, tolerances 1e-12), and
+    E|θ|² = |μ_θ|² + tr C_θθ. Euler–Maruyama at step dt (u and t stepped by the same scheme) has exact moments too,
+    μ ← (I + A dt)μ, C ← (I + A dt)C(I + A dt)ᵀ + BBᵀ dt, so a Monte Carlo reference's own bias is known exactly.
+    Adam needs a warm start (t₀ > 0): at t = 0 its drift m/γ₁ is 0/0.
+    """
+
+    def __init__(self, hessian, factor, x0, setting):
+        self.h = np.asarray(hessian, dtype=np.float64)
+        self.s = np.asarray(factor, dtype=np.float64)
+        self.setting = setting
+        if setting.kind == "adam" and setting.t0 <= 0:
+            raise ValueError("the Adam oracle needs a warm start (t0 > 0): its drift m/γ₁ is 0/0 at t = 0")
+        d = len(self.h)
+        self.d, self.variances = d, (self.s**2).sum(axis=1)  # diag Σ
+        c1, c2, t0 = setting.c1, setting.c2, setting.t0
+        x0 = np.asarray(x0, dtype=np.float64)
+        # Adaptive.initial_state: the moments of t₀ spent at x₀
+        self.u0 = -np.expm1(-c2 * t0) * self.variances
+        self.y0 = x0 if setting.kind == "rmsprop" else np.concatenate([x0, -np.expm1(-c1 * t0) * (self.h @ x0)])
+
+    @classmethod
+    def of(cls, problem, setting) -> "AdaptiveQuadraticOracle":
+        """The oracle of `setting`'s optimizer on a quadratic `problem` (`sde_lab.catalog.quadratic`)."""
+        if not isinstance(problem.oracle, QuadraticOracle) or problem.noise_sqrt.dim() != 2:
+            raise ValueError(f"the adaptive oracle needs a quadratic with a constant noise factor, not {problem.name!r}")
+        return cls(problem.oracle.hessian, problem.noise_sqrt.numpy(), problem.x0.numpy(), setting)
+
+    def _coefficients(self, t: float, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A (n, n) and B Bᵀ (n, n) at SDE time t with second moment u (d,)."""
+        s, d = self.setting, self.d
+        root_g2 = 1.0 if s.kind == "rmsprop" else np.sqrt(-np.expm1(-s.c2 * t))
+        p_inv = 1.0 / (s.sigma0 * np.sqrt(np.maximum(u, 0.0)) + s.eps0 * root_g2)  # P⁻¹, diagonal (d,)
+        noise = self.s @ self.s.T
+        if s.kind == "rmsprop":
+            return -p_inv[:, None] * self.h, s.sigma0**2 * p_inv[:, None] * noise * p_inv[None, :]
+        g1 = -np.expm1(-s.c1 * t)
+        a, bb = np.zeros((2 * d, 2 * d)), np.zeros((2 * d, 2 * d))
+        a[:d, d:] = -np.diag(root_g2 / g1 * p_inv)
+        a[d:, :d], a[d:, d:] = s.c1 * self.h, -s.c1 * np.eye(d)
+        bb[d:, d:] = (s.c1 * s.sigma0) ** 2 * noise
+        return a, bb
+
+    def _u(self, t: float) -> np.ndarray:
+        """u at SDE time t: the exact solution of du = c₂(diag Σ − u)dt from u₀ at t₀."""
+        return self.variances + (self.u0 - self.variances) * np.exp(-self.setting.c2 * (t - self.setting.t0))
+
+    def _test(self, mean: np.ndarray, cov: np.ndarray, test: str):
+        m, c = mean[:self.d], cov[:self.d, :self.d]
+        if test == "norm2":
+            return float(m @ m + np.trace(c))
+        if test == "loss":
+            return float(0.5 * (m @ self.h @ m + np.trace(self.h @ c)))
+        return None
+
+    def sde(self, horizon: float, test: str = "norm2"):
+        """E g(θ) of the SDE after `horizon` of SDE time from t₀ (g: "norm2" or "loss"; None for others)."""
+        from scipy.integrate import solve_ivp
+
+        n = len(self.y0)
+
+        def moments(t, flat):
+            mean, cov = flat[:n], flat[n:].reshape(n, n)
+            a, bb = self._coefficients(t, self._u(t))
+            return np.concatenate([a @ mean, (a @ cov + cov @ a.T + bb).ravel()])
+
+        t0 = self.setting.t0
+        start = np.concatenate([self.y0, np.zeros(n * n)])
+        done = solve_ivp(moments, (t0, t0 + horizon), start, method="DOP853", rtol=1e-12, atol=1e-14)
+        if not done.success:
+            raise RuntimeError(f"the moment equations did not solve: {done.message}")
+        end = done.y[:, -1]
+        return self._test(end[:n], end[n:].reshape(n, n), test)
+
+    def euler_maruyama(self, horizon: float, dt: float, test: str = "norm2"):
+        """E g(θ) of the SDE's Euler–Maruyama solution at step dt after `horizon` (a whole number of steps)."""
+        steps = int(round(horizon / dt))
+        if abs(steps * dt - horizon) > 1e-9 * horizon:
+            raise ValueError(f"dt = {dt:g} does not divide horizon = {horizon:g}")
+        s = self.setting
+        mean, cov = self.y0.copy(), np.zeros((len(self.y0), len(self.y0)))
+        u, t = self.u0.copy(), float(s.t0)
+        eye = np.eye(len(mean))
+        for _ in range(steps):
+            a, bb = self._coefficients(t, u)
+            step = eye + dt * a
+            mean, cov = step @ mean, step @ cov @ step.T + dt * bb
+            u, t = u + dt * s.c2 * (self.variances - u), t + dt
+        return self._test(mean, cov, test)

@@ -3,6 +3,7 @@ against torch's own optimizers, and their SDEs against the formulas."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from pgpo import Multiplier, modulated_step
 from sde_lab import catalog
 from sde_lab.adaptive import Adaptive, AdaptiveProcess, adaptive_sde
 from sde_lab.problem import apply_noise, dense_factor
+from sde_lab.studies.settings import ADAPTIVE
 
 SMOOTH = Multiplier(2.0, 2.0, form="smooth")
 
@@ -205,3 +207,94 @@ def test_verify_measures_every_adaptive_sde_against_the_order_it_claims():
     assert measured == {f.name for f in ADAPTIVE_FAMILIES}
     quick = {c.adaptive for c in claims() if c.adaptive is not None and c.quick}
     assert any("ρ also on m's noise" in name for name in quick)  # the failing placement shows in the quick run too
+
+
+# ---------------------------------------------------------------------------------------------
+# the exact oracle on the quadratic: linear moment equations, and the exact moments of Euler–Maruyama
+
+
+def _full_quadratic():
+    """A quadratic whose Hessian (and so noise factor) is not diagonal: every entry of A and B Bᵀ is exercised."""
+    hessian = [[1.0, 0.3, 0.0], [0.3, 0.8, 0.2], [0.0, 0.2, 1.5]]
+    return catalog.quadratic(hessian=hessian, x0=(1.0, -1.0, 0.5), noise_scale=0.8)
+
+
+@pytest.mark.parametrize("kind", ["rmsprop", "adam"])
+def test_the_solvers_monte_carlo_mean_is_the_exact_mean_of_euler_maruyama(kind):
+    """adaptive_sde solved by the coupled simulation at dt and 2dt, against the oracle's exact moments of that scheme."""
+    from sde_lab.coupling import coupled_paths
+    from sde_lab.oracles import AdaptiveQuadraticOracle
+
+    problem, eta, horizon, paths = _full_quadratic(), 0.25, 0.5, 20000
+    setting = Adaptive(kind, t0=0.5, **ADAPTIVE)
+    oracle = AdaptiveQuadraticOracle.of(problem, setting)
+    h = eta**2
+    _, fine, coarse = coupled_paths(AdaptiveProcess(problem, eta, setting), adaptive_sde(problem, setting),
+                                    int(round(horizon / h)), paths, refine=2, gen=torch.Generator().manual_seed(0))
+    for states, dt in ((fine, h / 4), (coarse, h / 2)):
+        theta = states[:, :3]
+        for test, g in (("norm2", theta.square().sum(dim=1)), ("loss", problem.loss(theta))):
+            exact = oracle.euler_maruyama(horizon, dt, test)
+            assert abs(g.mean().item() - exact) < 4 * g.std().item() / paths**0.5, (kind, dt, test)
+        assert oracle.euler_maruyama(horizon, dt) != pytest.approx(oracle.sde(horizon), abs=1e-3)  # dt's bias shows
+
+
+@pytest.mark.parametrize("kind", ["rmsprop", "adam"])
+def test_the_oracles_euler_maruyama_converges_to_its_moment_equations_at_order_one(kind):
+    from sde_lab.oracles import AdaptiveQuadraticOracle
+
+    oracle = AdaptiveQuadraticOracle.of(_full_quadratic(), Adaptive(kind, t0=1.0, **ADAPTIVE))
+    exact = oracle.sde(1.0)
+    errors = [oracle.euler_maruyama(1.0, 2.0**-k) - exact for k in (10, 11, 12)]
+    assert all(abs(a / b - 2.0) < 0.15 for a, b in zip(errors, errors[1:])), errors
+
+
+def test_the_moment_equations_give_the_ornstein_uhlenbeck_law_once_u_has_settled():
+    """RMSprop long past its start: u = diag Σ, P constant, so θ is an OU process with a closed-form law."""
+    from scipy import linalg
+
+    from sde_lab.oracles import AdaptiveQuadraticOracle
+
+    problem = _full_quadratic()
+    setting = Adaptive("rmsprop", t0=60.0, **ADAPTIVE)  # u₀ = (1 − e⁻⁶⁰) diag Σ
+    oracle = AdaptiveQuadraticOracle.of(problem, setting)
+    hessian, factor = problem.oracle.hessian, problem.noise_sqrt.numpy()
+    p_inv = 1.0 / (setting.sigma0 * np.sqrt((factor**2).sum(axis=1)) + setting.eps0)
+    a = -p_inv[:, None] * hessian
+    b = -setting.sigma0 * p_inv[:, None] * factor
+    stationary = linalg.solve_continuous_lyapunov(a, -b @ b.T)
+    for t in (0.3, 2.0):
+        decay = linalg.expm(a * t)
+        mean = decay @ problem.x0.numpy()
+        cov = stationary - decay @ stationary @ decay.T
+        assert oracle.sde(t) == pytest.approx(mean @ mean + np.trace(cov), rel=1e-9)
+        assert oracle.sde(t, "loss") == pytest.approx(0.5 * (mean @ hessian @ mean + np.trace(hessian @ cov)), rel=1e-9)
+
+
+def test_the_reference_of_the_verify_rows_is_exact_to_far_within_their_intervals():
+    """The quadratic Adam row's reference, Euler–Maruyama at h/16 with Richardson: its bias, known exactly here, is
+    under 1% of the 95% half-width of every measured error."""
+    from sde_lab.oracles import AdaptiveQuadraticOracle
+    from sde_lab.studies.settings import ladder
+    from sde_lab.weak_error import weak_error
+
+    problem, setting = catalog.quadratic(), Adaptive("adam", t0=1.0, **ADAPTIVE)
+    oracle = AdaptiveQuadraticOracle.of(problem, setting)
+    r = weak_error(problem, ladder(1, 3), 1.0, adaptive=setting, paths=2000, test_fn="norm2")
+    for eta, stderr in zip(r.etas, r.stderr):
+        dt = eta**2 / 16
+        bias = 2 * oracle.euler_maruyama(1.0, dt) - oracle.euler_maruyama(1.0, 2 * dt) - oracle.sde(1.0)
+        assert abs(bias) < 0.01 * 1.96 * stderr, (eta, bias, stderr)
+
+
+def test_the_oracle_refuses_what_it_cannot_answer():
+    from sde_lab.oracles import AdaptiveQuadraticOracle
+
+    with pytest.raises(ValueError, match="warm start"):
+        AdaptiveQuadraticOracle.of(catalog.quadratic(), Adaptive("adam", **ADAPTIVE))
+    with pytest.raises(ValueError, match="quadratic with a constant noise factor"):
+        AdaptiveQuadraticOracle.of(catalog.logistic_regression(), Adaptive("rmsprop", **ADAPTIVE))
+    oracle = AdaptiveQuadraticOracle.of(catalog.quadratic(), Adaptive("rmsprop", **ADAPTIVE))  # no singular start
+    assert oracle.sde(1.0, "cos") is None
+    with pytest.raises(ValueError, match="does not divide"):
+        oracle.euler_maruyama(1.0, 0.3)
