@@ -144,7 +144,8 @@ class AdaptiveQuadraticOracle:
         if setting.kind == "adam" and setting.t0 <= 0:
             raise ValueError("the Adam oracle needs a warm start (t0 > 0): its drift m/γ₁ is 0/0 at t = 0")
         d = len(self.h)
-        self.d, self.variances = d, (self.s**2).sum(axis=1)  # diag Σ
+        self.d, self.sigma = d, self.s @ self.s.T  # Σ, constant: made once, not at every step of the moments
+        self.variances = np.diag(self.sigma).copy()  # diag Σ
         c1, c2, t0 = setting.c1, setting.c2, setting.t0
         x0 = np.asarray(x0, dtype=np.float64)
         # Adaptive.initial_state: the moments of t₀ spent at x₀
@@ -163,14 +164,14 @@ class AdaptiveQuadraticOracle:
         s, d = self.setting, self.d
         root_g2 = 1.0 if s.kind == "rmsprop" else np.sqrt(-np.expm1(-s.c2 * t))
         p_inv = 1.0 / (s.sigma0 * np.sqrt(np.maximum(u, 0.0)) + s.eps0 * root_g2)  # P⁻¹, diagonal (d,)
-        noise = self.s @ self.s.T
         if s.kind == "rmsprop":
-            return -p_inv[:, None] * self.h, s.sigma0**2 * p_inv[:, None] * noise * p_inv[None, :]
+            return -p_inv[:, None] * self.h, s.sigma0**2 * p_inv[:, None] * self.sigma * p_inv[None, :]
         g1 = -np.expm1(-s.c1 * t)
         a, bb = np.zeros((2 * d, 2 * d)), np.zeros((2 * d, 2 * d))
         a[:d, d:] = -np.diag(root_g2 / g1 * p_inv)
-        a[d:, :d], a[d:, d:] = s.c1 * self.h, -s.c1 * np.eye(d)
-        bb[d:, d:] = (s.c1 * s.sigma0) ** 2 * noise
+        a[d:, :d] = s.c1 * self.h
+        a[range(d, 2 * d), range(d, 2 * d)] = -s.c1
+        bb[d:, d:] = (s.c1 * s.sigma0) ** 2 * self.sigma
         return a, bb
 
     def _u(self, t: float) -> np.ndarray:

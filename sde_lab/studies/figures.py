@@ -532,6 +532,6 @@ def run(out: str | Path = "figures", quick: bool = False, replot: bool = False, 
     if only is not None and not selected:
         raise ValueError(f"unknown figure {only!r}; figures are {[f.name for f in FIGURES]}")
     tasks = [(f.name, str(out), quick, replot) for f in selected]
-    longest = [task for f, task in zip(selected, tasks) if f.long]
-    return [path for paths in run_all(_make, tasks, jobs, desc="figures", progress=progress,
-                                      first=longest) for path in paths]
+    made = run_all(_make, tasks, jobs, desc="figures", progress=progress,
+                   first=[i for i, f in enumerate(selected) if f.long])
+    return [path for paths in made for path in paths]

@@ -52,14 +52,14 @@ def _start_worker() -> None:
 
 
 def run_all(fn: Callable, items: Sequence, jobs: int | None = 1, desc: str = "", progress: bool = True,
-            first: Sequence | None = None) -> list:
+            first: Sequence[int] = ()) -> list:
     """[fn(item) for item in items], in the order of `items`.
 
     fn must be a module-level function and the items picklable when `jobs` > 1 (they travel to the workers); a
     script that calls this with `jobs` > 1 needs the `if __name__ == "__main__":` guard, since a spawned worker
     imports the script's main module.
-    `first`: the items to start before the others (the longest, so that no long one starts last and leaves
-    the other cores idle at the end). A worker's exception is raised here, with the worker's traceback.
+    `first`: the indices of the items to start before the others (the longest, so that no long one starts last
+    and leaves the other cores idle at the end). A worker's exception is raised here, with the worker's traceback.
     """
     jobs = min(resolve_jobs(jobs), len(items))
     bar = tqdm(total=len(items), desc=desc, disable=not progress)
@@ -70,8 +70,8 @@ def run_all(fn: Callable, items: Sequence, jobs: int | None = 1, desc: str = "",
             bar.update()
         bar.close()
         return results
-    ahead = [i for i, item in enumerate(items) if first is not None and item in first]
-    order = ahead + [i for i in range(len(items)) if i not in ahead]
+    ahead = sorted(set(first))
+    order = ahead + [i for i in range(len(items)) if i not in first]
     results = [None] * len(items)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker) as pool:

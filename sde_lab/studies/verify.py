@@ -264,9 +264,8 @@ def run(quick: bool = False, json_path: str | None = None, progress: bool = True
     """The rows of the selected claims, in the table's order; `jobs` claims at a time, each in a process of its
     own (None: one per core; `sde_lab.studies.parallel`), the longest started first."""
     selected = [c for c in claims() if (only is None or only in c.label) and (c.quick or not quick)]
-    longest = [(c.label, quick) for c in selected if c.long]
     rows = run_all(_measure, [(c.label, quick) for c in selected], jobs, desc="verify", progress=progress,
-                   first=longest)
+                   first=[i for i, c in enumerate(selected) if c.long])
     if json_path:
         with open(json_path, "w") as f:
             json.dump([asdict(r) for r in rows], f, indent=2)
