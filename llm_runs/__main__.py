@@ -82,7 +82,8 @@ def _eval(args) -> int:
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device)
     examples = load_split(args.data or config.data.test)
-    engine_name = args.engine or config.rollout.engine
+    # a replay run sampled nothing during training: its checkpoints are sampled with hf
+    engine_name = args.engine or ("hf" if config.rollout.engine == "replay" else config.rollout.engine)
     if engine_name == "vllm":  # the tokenizer here, the weights in vLLM only
         from transformers import AutoTokenizer
 

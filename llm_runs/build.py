@@ -15,6 +15,7 @@ from llm_runs import model_files, parallel
 from llm_runs.config import ConfigError, RunConfig
 from llm_runs.data import load_hub, load_split
 from llm_runs.rollout import HFEngine
+from llm_runs.rollout.replay import ReplayEngine
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -114,8 +115,14 @@ def load_examples(config: RunConfig, split: str):
 
 def rollout_engine(config: RunConfig, model, tokenizer, source: str, device: torch.device, rank: int, world: int):
     """The engine `rollout.engine` names, asleep (the trainer's turn first): `hf` on the trainer's own model,
-    or `vllm` on `source`, given the trainer's weights when it started from dummy ones (`model.random_init`)."""
+    `vllm` on `source`, given the trainer's weights when it started from dummy ones (`model.random_init`), or
+    `replay`, another run's recorded rollouts."""
     c = config
+    if (c.rollout.engine == "replay") != (c.rollout.replay is not None):
+        raise ConfigError("rollout.engine=replay and rollout.replay=RUN_DIR go together: the engine serves that "
+                          "run's recorded rollouts (rollout.record=true there)")
+    if c.rollout.engine == "replay":
+        return ReplayEngine(c.rollout.replay)
     if c.rollout.engine == "hf":
         return HFEngine(model, tokenizer, batch_size=c.rollout.prompts_per_step * c.rollout.samples_per_prompt)
     if c.model.lora_rank:

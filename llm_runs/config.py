@@ -103,8 +103,9 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["hf", "vllm"] = "hf"
-    """The sampler: "hf" (the trainer's model, batched with the KV cache) or "vllm" (in the trainer's process)."""
+    engine: Literal["hf", "vllm", "replay"] = "hf"
+    """The sampler: "hf" (the trainer's model, batched with the KV cache), "vllm" (in the trainer's process),
+    or "replay" (no sampling: the rollouts another run recorded, `rollout.replay`)."""
     prompts_per_step: Annotated[int, Range(1)] = 32
     """P: prompts per optimizer step."""
     samples_per_prompt: Annotated[int, Range(1)] = 8
@@ -123,6 +124,11 @@ class RolloutConfig:
     """vllm's CPU build only: its KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE, if that is unset)."""
     logprob_gap_alarm: Annotated[float, Range(0.0)] = 0.05
     """Warn when the mean |log π_sampler − log π_trainer| per token exceeds this."""
+    record: bool = False
+    """Append each step's rollouts to RUN/rollouts/rank<r>.jsonl (token ids, the sampler's log-probs), so that
+    another run can train on the same samples (`engine: replay`)."""
+    replay: str | None = None
+    """engine: replay only: the run folder whose recorded rollouts (`record: true`) this run trains on."""
 
 
 @dataclass
@@ -454,7 +460,7 @@ RESUME_SAFE = (
     "train.output_dir", "train.run_name", "train.report_to", "train.log_interval", "eval.keep_samples",
     "loss.micro_batch_size", "loss.implementation", "loss.chunk_size", "model.gradient_checkpointing",
     "rollout.gpu_memory_utilization", "rollout.enforce_eager", "rollout.cpu_kv_cache_gib",
-    "rollout.logprob_gap_alarm",
+    "rollout.logprob_gap_alarm", "rollout.record",
 )
 
 

@@ -38,7 +38,7 @@ from llm_runs.evaluate import evaluate
 from llm_runs.loss import SelfDistillationOutput, self_distillation_loss
 from llm_runs.metrics import StepMetrics
 from llm_runs.reward import score
-from llm_runs.rollout import Rollout, Sampling
+from llm_runs.rollout import Rollout, Sampling, replay
 from llm_runs.teacher import AdapterTeacher, TeacherWeights, demonstrations
 from llm_runs.tokens import pad_id
 from pgpo import Multiplier, global_information, modulated_step
@@ -200,10 +200,13 @@ class Trainer:
         """n samples per prompt, (p·n,) prompt-major, with the engine awake only for this (vLLM's sleep mode gives
         its memory back to training; a no-op for `hf`)."""
         r = self.config.rollout
+        sampling = Sampling(r.temperature, r.top_p, r.max_new_tokens)
         self.engine.wake()
-        rollouts = self.engine.generate(prompts.ids, r.samples_per_prompt,
-                                        Sampling(r.temperature, r.top_p, r.max_new_tokens), seeds=prompts.seeds)
+        rollouts = self.engine.generate(prompts.ids, r.samples_per_prompt, sampling, seeds=prompts.seeds)
         self.engine.sleep()
+        if r.record:  # for another run to train on the same samples (rollout.engine=replay)
+            replay.record(self.run_dir, self.rank, self.state.step + 1, prompts.ids, prompts.seeds, r.samples_per_prompt,
+                          sampling, rollouts)
         return rollouts
 
     def score(self, prompts: Prompts, rollouts: list[Rollout]) -> Scored:
@@ -346,7 +349,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(c.train.seed + 1_000_003 * self.state.step)  # eval never shifts training's randomness
             result = evaluate(self.model, self.tokenizer, self.test_examples, c.data.template, c.eval,
-                              c.model.enable_thinking, engine=None if c.rollout.engine == "hf" else self.engine)
+                              c.model.enable_thinking, engine=self.engine if c.rollout.engine == "vllm" else None)
         self.engine.sleep()
         path = self.run_dir / "eval" / f"step-{self.state.step:06d}.json"
         path.parent.mkdir(exist_ok=True)
@@ -495,6 +498,7 @@ class Trainer:
         if mine.exists():
             rows = [line for line in mine.read_text().splitlines() if json.loads(line)["step"] <= step]
             mine.write_text("".join(line + "\n" for line in rows))
+        replay.forget_after(self.run_dir, self.rank, step)
 
     def _load(self, path: Path) -> None:
         if checkpoint.is_sharded(path) or self.world > 1:

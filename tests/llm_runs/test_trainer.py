@@ -14,6 +14,10 @@ import torch
 
 from llm_runs import trainer as trainer_module
 from llm_runs.config import ConfigError, load
+from llm_runs.batch import make_batch
+from llm_runs.loss import importance_weights
+from llm_runs.metrics import StepMetrics
+from llm_runs.rollout import Rollout
 from llm_runs.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -311,21 +315,70 @@ def test_a_sharpened_head_trains_every_step(sharpened_model_dir, tmp_path, imple
     assert min(r["entropy"] for r in rows) < 0.5  # the model is confident indeed (nats per token)
 
 
-def test_chunked_and_plain_losses_train_alike(tiny_model_dir, tmp_path):
-    rows, grads = {}, {}
-    for implementation in ("plain", "chunked"):
-        t = Trainer(config(tiny_model_dir, tmp_path, f"loss.implementation={implementation}", "loss.chunk_size=5"),
-                    tmp_path / implementation, progress=False)
-        rows[implementation] = [t.step()]
-        grads[implementation] = {n: p.grad.clone() for n, p in t.model.named_parameters()}  # the first step's
-        rows[implementation].append(t.step())
-    for a, b in zip(rows["plain"], rows["chunked"]):
-        for k in ("information", "rho", "loss", "grad_norm", "divergence_teacher_student", "jsd_teacher_student", "entropy",
-                  "reward_mean"):
-            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-9), k
-        assert b["logprob_gap_mean"] == pytest.approx(a["logprob_gap_mean"], abs=1e-7)  # both rounding noise
-    for name, g in grads["plain"].items():
-        assert (grads["chunked"][name] - g).norm() <= 1e-5 * g.norm() + 1e-12, name
+def _ragged(rollouts, generator):
+    """The rollouts cut to lengths 1 … 24 (a padded micro-batch) with sampler log-probabilities moved off the
+    trainer's by up to ±1 nat (importance weights away from 1, some at the cap)."""
+    out = []
+    for i, r in enumerate(rollouts):
+        keep = 1 + (7 * i) % len(r.token_ids)
+        moved = (torch.tensor(r.logprobs[:keep]) + 2 * torch.rand(keep, generator=generator) - 1).tolist()
+        out.append(Rollout(r.prompt_index, r.token_ids[:keep], moved, "stop"))
+    return out
+
+
+@pytest.mark.parametrize("teacher", ["ema", "live", "frozen"])
+def test_chunked_loss_gives_the_plain_numbers_and_gradients_inside_the_trainer(tiny_model_dir, tmp_path, teacher):
+    """What the trainer hands the loss — padded responses, the prompt/response split, `logits_to_keep`, the
+    sampler's log-probabilities and their capped importance weights, micro-batches of unequal size — through
+    the chunked loss at several chunk sizes (1 row, a few rows, a chunk ending inside a sequence, all rows at
+    once) and through the plain one, on the same rollouts: the same loss, I, JSD, entropy, log-probabilities
+    and gradients, to float32 rounding."""
+    t = Trainer(config(tiny_model_dir, tmp_path, f"teacher.kind={teacher}", "loss.micro_batch_size=6"),
+                tmp_path / "run", progress=False)
+    prompts = t.draw_prompts()
+    rollouts = _ragged(t.generate(prompts), torch.Generator().manual_seed(0))
+    contexts = t.teacher_contexts(prompts, rollouts, t.score(prompts, rollouts))
+    assert len({len(r.token_ids) for r in rollouts}) > 5 and len(rollouts) % 6  # padded, and a short last micro-batch
+    outputs, grads, information = {}, {}, {}
+    plain_micro_batch = t.micro_batch_loss
+
+    for implementation, chunk_size in [("plain", None), ("chunked", 1), ("chunked", 3), ("chunked", 7), ("chunked", None)]:
+        t.config.loss.implementation, t.config.loss.chunk_size = implementation, chunk_size
+        case, seen = (implementation, chunk_size), []
+
+        def recorded(batch, metrics, seen=seen):
+            out = plain_micro_batch(batch, metrics)
+            seen.append(out)
+            return out
+
+        t.micro_batch_loss = recorded
+        metrics = StepMetrics(t.device)
+        t.forward_backward(prompts, rollouts, contexts, metrics)
+        outputs[case], information[case] = seen, t.information(metrics).item()
+        grads[case] = {n: p.grad.clone() for n, p in t.model.named_parameters()}
+
+    weights = [importance_weights(o.token_logprobs, b.sampler_logprobs) for o, b in
+               zip(outputs[("plain", None)], [make_batch_of(t, prompts, rollouts, contexts, s) for s in range(0, 16, 6)])]
+    assert any((w == 2.0).any() for w in weights) and any(((w < 0.9) & (w > 0)).any() for w in weights)
+    reference = outputs[("plain", None)]
+    for case in outputs:
+        assert information[case] == pytest.approx(information[("plain", None)], rel=1e-6), case
+        for a, b in zip(reference, outputs[case]):
+            assert b.loss.item() == pytest.approx(a.loss.item(), rel=1e-6), case
+            for pair in ("information", "information_sequence", "jsd", "entropy"):
+                for x, y in zip(getattr(a, pair), getattr(b, pair)):
+                    assert y.item() == pytest.approx(x.item(), rel=1e-6, abs=1e-12), (case, pair)
+            torch.testing.assert_close(b.token_logprobs, a.token_logprobs, rtol=1e-5, atol=1e-6)
+        for name, g in grads[("plain", None)].items():
+            assert (grads[case][name] - g).norm() <= 1e-5 * g.norm() + 1e-12, (case, name)
+
+
+def make_batch_of(t, prompts, rollouts, contexts, start):
+    """The trainer's micro-batch of rollouts [start, start + 6)."""
+    part = slice(start, start + 6)
+    return make_batch([prompts.ids[r.prompt_index] for r in rollouts[part]], contexts.ids[part],
+                      [r.token_ids for r in rollouts[part]], [r.logprobs for r in rollouts[part]], contexts.mask[part],
+                      t.pad)
 
 
 def test_metrics_cost_one_host_sync_per_step_however_many_micro_batches(tiny_model_dir, tmp_path, monkeypatch):
