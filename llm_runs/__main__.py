@@ -29,30 +29,54 @@ def _quiet_loading(args) -> None:
         hf_logging.disable_progress_bar()
 
 
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse to start a run in a folder that holds a run, or that holds anything else (it would be overwritten)."""
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists() and metrics.stat().st_size:
+        raise ConfigError(f"{run_dir} already holds a run: use --resume {run_dir}, or set train.run_name")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a run folder: set train.run_name or train.output_dir")
+    ours = ("config.yaml", "base_model", ".hold")  # a run stopped before its first step has one of them
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not any((run_dir / name).exists() for name in ours):
+        raise ConfigError(f"{run_dir} exists and is not a run folder (no config.yaml): its files would be "
+                          f"overwritten; set train.run_name or train.output_dir")
+
+
 def _train(args) -> int:
+    from contextlib import nullcontext
+
     from llm_runs.build import run_name
+    from llm_runs.hold import RunHold
     from llm_runs.trainer import Trainer
 
     _quiet_loading(args)
 
+    if args.resume and args.config:
+        raise ConfigError(f"--resume {args.resume} reads the run's own config.yaml: --config {args.config} would be "
+                          f"ignored; drop it (a resume may change some settings as section.key=value)")
+    # rank 0 checks and holds the folder for the job (under torchrun the other ranks may find it started
+    # already); a RANK left in the environment of a single process does not count
+    lead = int(os.environ.get("WORLD_SIZE", "1")) == 1 or os.environ.get("RANK", "0") == "0"
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run folder)")
-        config = load_for_resume(run_dir, args.overrides)  # refuses changes that make it another experiment
-        trainer = Trainer(config, run_dir, progress=not args.no_progress)
-        if not trainer.resume():
-            print(f"{run_dir}: no checkpoint yet, starting from step 0", file=sys.stderr)
     else:
         if args.config is None:
             raise ConfigError("train needs --config PATH (or --resume RUN_DIR)")
         config = load(args.config, args.overrides)
         run_dir = Path(config.train.output_dir) / run_name(config, args.config)
-        rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 may already have started the file
-        if rank0 and (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size:
-            raise ConfigError(f"{run_dir} already holds a run: use --resume {run_dir}, or set train.run_name")
-        trainer = Trainer(config, run_dir, progress=not args.no_progress)
-    run_dir = trainer.train()  # closes the rollout engine at the end
+        if lead:
+            check_new_run_dir(run_dir)
+    with RunHold(run_dir) if lead else nullcontext():  # a live run holds its folder: no second process trains into it
+        if args.resume:
+            config = load_for_resume(run_dir, args.overrides)  # refuses changes that make it another experiment
+            trainer = Trainer(config, run_dir, progress=not args.no_progress)
+            if not trainer.resume():
+                print(f"{run_dir}: no checkpoint yet, starting from step 0", file=sys.stderr)
+        else:
+            trainer = Trainer(config, run_dir, progress=not args.no_progress)
+        run_dir = trainer.train()  # closes the rollout engine at the end
     from llm_runs import parallel
 
     parallel.finish()

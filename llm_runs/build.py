@@ -38,10 +38,13 @@ def model_source(config: RunConfig, run_dir: Path, corpus: list[str]) -> str:
     """A directory (or hub id) holding config, weights and tokenizer; the tiny model is built here."""
     if config.model.tiny:
         from llm_runs import tiny
+        from llm_runs.checkpoint import atomic_folder
 
         path = run_dir / "base_model"
-        if not (path / "config.json").exists():
-            tiny.build(path, corpus, config.model.tiny_shape, seed=config.train.seed)
+        if parallel.rank() == 0 and not (path / "config.json").exists():
+            with atomic_folder(path) as tmp:  # complete or absent: never half-written for a later reader
+                tiny.build(tmp, corpus, config.model.tiny_shape, seed=config.train.seed)
+        parallel.barrier()  # the other ranks read what rank 0 wrote
         return str(path)
     path = Path(config.model.path).expanduser()
     if path.exists():
@@ -155,7 +158,14 @@ def build_vllm_engine(config: RunConfig, source: str, device: torch.device, seed
 
 
 def run_name(config: RunConfig, config_path: str | None) -> str:
-    if config.train.run_name:
-        return config.train.run_name
-    stem = Path(config_path).stem if config_path else "run"
+    """The run folder's name inside train.output_dir: train.run_name, else <config name>-seed<seed> (the config's
+    file name less .yaml, so `..._pgpo_a0.5` keeps its `.5`). One path component, never a way out of output_dir."""
+    if config.train.run_name is not None:
+        name = config.train.run_name
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise ConfigError(f"train.run_name {name!r}: must be one folder name inside train.output_dir "
+                              f"(no '/', '..' or empty name)")
+        return name
+    name = Path(config_path).name if config_path else "run"
+    stem = name[:-len(Path(name).suffix)] if Path(name).suffix in (".yaml", ".yml") else name
     return f"{stem}-seed{config.train.seed}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import random
 import shutil
 from contextlib import contextmanager
@@ -22,9 +23,14 @@ import torch
 
 from llm_runs.config import ConfigError
 
+STATE = "trainer_state.pt"  # in a checkpoint: optimizer, scheduler, teacher, sampler, RNG, run record; data only
+
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors, ints and tuples only, so that it loads with `weights_only=True`."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss))}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -32,7 +38,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys  # an ndarray in checkpoints before this
+    np.random.set_state((kind, keys.astype(np.uint32), position, has_gauss, gauss))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -107,7 +115,7 @@ def save(run_dir: Path, name: str, model, tokenizer, state: dict, keep: int | No
     with atomic_folder(final) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        torch.save(state, tmp / "trainer_state.pt")
+        torch.save(state, tmp / STATE)
     if mark_latest:
         try:
             _write_text_atomic(root / "latest", name)
@@ -126,23 +134,43 @@ def save(run_dir: Path, name: str, model, tokenizer, state: dict, keep: int | No
 def latest(run_dir: Path, strict: bool = False) -> Path | None:
     """The newest complete checkpoint named by checkpoints/latest, or None when there is no pointer. A pointer
     to a missing or incomplete folder (damage after the fact: writes are atomic) is None, or with `strict`
-    an error — resuming must not quietly start over from step 0 and drop the run's log."""
-    pointer = Path(run_dir) / "checkpoints" / "latest"
+    an error — resuming must not quietly start over from step 0 and drop the run's log. The pointer names a
+    folder of checkpoints/ itself: any other path (`../`, an absolute path, a link out) is refused, always."""
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
     if not pointer.exists():
         return None
-    path = pointer.parent / pointer.read_text().strip()
-    if (path / "trainer_state.pt").exists():
+    name = pointer.read_text().strip()
+    path = root / name
+    if not name or Path(name).name != name or name in (".", "..") or path.resolve().parent != root.resolve():
+        raise ConfigError(f"{pointer} names {name!r}, which is not a checkpoint folder inside {root}: a "
+                          f"checkpoint pointer never leads out of its run folder (was it edited, or planted?)")
+    if (path / STATE).exists():
         return path
     if strict:
-        raise ConfigError(f"{pointer} names {path.name}, which is missing or incomplete (no trainer_state.pt): "
+        raise ConfigError(f"{pointer} names {path.name}, which is missing or incomplete (no {STATE}): "
                           f"point it at a complete checkpoint, or delete it to start the run over from step 0")
     return None
 
 
+# what a state file written before the RNG states were kept as tensors holds besides tensors and containers
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+_LEGACY_NUMPY = [np.ndarray, np.dtype, _reconstruct, type(np.dtype(np.uint32))]
+
+
 def read_state(file: Path) -> dict:
-    """torch.load of a checkpoint's state file, with a clear error when it is damaged."""
+    """A checkpoint's state file, read as data only (`torch.load(weights_only=True)`: tensors, numbers,
+    strings and containers; no object is built and no code runs, whatever the file holds), with a clear error
+    when it is damaged or holds anything else."""
     try:
-        return torch.load(file, weights_only=False)
+        with torch.serialization.safe_globals(_LEGACY_NUMPY):
+            return torch.load(file, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"{file}: holds more than data ({str(err).splitlines()[0][:200]}); a checkpoint is "
+                          f"tensors, numbers and strings only, so it was not written by this trainer: not loaded") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         if isinstance(err, torch.OutOfMemoryError):
             raise
@@ -179,7 +207,7 @@ def save_sharded(run_dir: Path, name: str, model, optimizer, teacher_model, stat
     dcp.save(shards, checkpoint_id=str(tmp / "dcp"))
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
     if rank == 0:
-        torch.save({**state, "world_size": dist.get_world_size()}, tmp / "trainer_state.pt")
+        torch.save({**state, "world_size": dist.get_world_size()}, tmp / STATE)
     dist.barrier()
     if rank == 0:
         if final.exists():
@@ -200,7 +228,7 @@ def load_sharded(path: Path, model, optimizer, teacher_model, rank: int) -> dict
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
                                                          set_state_dict)
 
-    state = read_state(path / "trainer_state.pt")
+    state = read_state(path / STATE)
     world = dist.get_world_size() if dist.is_initialized() else 1
     if state.get("world_size") != world:
         raise ConfigError(f"checkpoint {path} was written by {state.get('world_size')} processes; "

@@ -44,6 +44,16 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def barrier() -> None:
+    """Every rank waits here for the others (a no-op with one process)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
 def compute_dtype(weights: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype the forward computes in: bf16 when sharded on GPUs (`shard`'s mixed precision), else the weights'.
     A rollout engine must sample in this dtype for its log-probs to match the trainer's."""

@@ -527,7 +527,7 @@ class Trainer:
         self._load_rest(path)
 
     def _load_rest(self, path: Path) -> None:
-        state = checkpoint.read_state(path / "trainer_state.pt")
+        state = checkpoint.read_state(path / checkpoint.STATE)
         self._check_same_data(state["run"].get("data_sha256"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -91,3 +91,39 @@ def test_two_process_resume_continues_identically(tiny_model_dir, tmp_path):
     lone = Trainer(load(half / "config.yaml"), half, progress=False)
     with pytest.raises(ValueError, match="written by 2 processes; resume it with the same number"):
         lone.resume()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_two_processes_on_the_tiny_config_build_its_model_once(tmp_path):
+    """The README's way to try the distributed path: rank 0 builds the tiny model (complete or absent, never
+    half-written), the other rank waits and reads it (it used to read a half-written folder one time in two)."""
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "llm_runs", "train",
+            "--config", str(TINY), "--no-progress", "train.run_name=tiny2", f"train.output_dir={tmp_path}",
+            "train.steps=1", "train.checkpoint_every=0", "train.eval_every=0",
+            f"data.train={FIXTURES / 'train.jsonl'}", f"data.test={FIXTURES / 'test.jsonl'}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    built = tmp_path / "tiny2" / "base_model"
+    assert (built / "config.json").exists() and (built / "model.safetensors").exists()
+    assert not list(built.parent.glob(".tmp-*"))
+
+
+def test_only_rank_zero_builds_the_tiny_model_and_the_others_wait_for_it(tmp_path, monkeypatch):
+    """What every rank reads, rank 0 writes: a rank ≠ 0 never builds, it waits at the barrier."""
+    from llm_runs import build, parallel, tiny
+    from llm_runs.config import load
+
+    config = load(TINY, [f"train.output_dir={tmp_path}"])
+    events = []
+    monkeypatch.setattr(parallel, "barrier", lambda: events.append("barrier"))
+    monkeypatch.setattr(tiny, "build", lambda out, *a, **k: (Path(out).mkdir(), events.append(("build", Path(out).name))))
+    monkeypatch.setattr(parallel, "rank", lambda: 1)
+    build.model_source(config, tmp_path / "run", ["a corpus"])
+    assert events == ["barrier"]
+    events.clear()
+    monkeypatch.setattr(parallel, "rank", lambda: 0)
+    build.model_source(config, tmp_path / "run", ["a corpus"])
+    assert events == [("build", ".tmp-base_model"), "barrier"]  # into a temporary folder, renamed when complete
+    assert (tmp_path / "run" / "base_model").is_dir() and not (tmp_path / "run" / ".tmp-base_model").exists()

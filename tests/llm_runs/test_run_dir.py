@@ -1,0 +1,60 @@
+"""Where a new run may be written: one folder inside train.output_dir, never over another run or over files
+that are not a run's; the config's name kept whole in the folder's name."""
+
+import pytest
+
+from llm_runs.__main__ import main
+from llm_runs.build import run_name
+from llm_runs.config import load
+from tests.llm_runs.test_trainer import FIXTURES, TINY
+
+
+def _train(tmp_path, *overrides):
+    return main(["train", "--config", str(TINY), "--no-progress", f"train.output_dir={tmp_path / 'out'}",
+                 f"data.train={FIXTURES / 'train.jsonl'}", f"data.test={FIXTURES / 'test.jsonl'}", *overrides])
+
+
+def _refused(capsys, tmp_path, *overrides) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        _train(tmp_path, *overrides)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".", "/abs"])
+def test_a_run_name_is_one_folder_inside_output_dir(capsys, tmp_path, name):
+    assert "train.run_name" in _refused(capsys, tmp_path, f"train.run_name={name}")
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_folder_that_is_not_a_run_is_never_written_over(capsys, tmp_path):
+    theirs = tmp_path / "out" / "mine"
+    theirs.mkdir(parents=True)
+    (theirs / "notes.txt").write_text("someone's work")
+    assert "is not a run folder" in _refused(capsys, tmp_path, "train.run_name=mine")
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+
+
+def test_a_stray_rank_in_the_environment_does_not_skip_the_guard(capsys, tmp_path, monkeypatch):
+    run = tmp_path / "out" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("{}\n")
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert "already holds a run" in _refused(capsys, tmp_path, "train.run_name=r")
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+@pytest.mark.parametrize("given", ["qwen3_8b_biology_pgpo_a0.5", "configs/qwen3_8b_biology_pgpo_a0.5.yaml",
+                                   "qwen3_8b_biology_pgpo_a0.5.yml"])
+def test_the_run_folder_keeps_the_whole_config_name(given):
+    assert run_name(load(TINY), given) == "qwen3_8b_biology_pgpo_a0.5-seed0"
+
+
+def test_resume_with_a_config_is_refused_not_ignored(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(tmp_path), "--config", str(TINY)])
+    assert "would be ignored" in capsys.readouterr().err
