@@ -47,6 +47,7 @@ def _train(args) -> int:
 
     from llm_runs.build import run_name
     from llm_runs.hold import RunHold
+    from llm_runs.preemption import PREEMPTED, Preempted
     from llm_runs.trainer import Trainer
 
     _quiet_loading(args)
@@ -68,17 +69,23 @@ def _train(args) -> int:
         run_dir = Path(config.train.output_dir) / run_name(config, args.config)
         if lead:
             check_new_run_dir(run_dir)
-    with RunHold(run_dir) if lead else nullcontext():  # a live run holds its folder: no second process trains into it
-        if args.resume:
-            config = load_for_resume(run_dir, args.overrides)  # refuses changes that make it another experiment
-            trainer = Trainer(config, run_dir, progress=not args.no_progress)
-            if not trainer.resume():
-                print(f"{run_dir}: no checkpoint yet, starting from step 0", file=sys.stderr)
-        else:
-            trainer = Trainer(config, run_dir, progress=not args.no_progress)
-        run_dir = trainer.train()  # closes the rollout engine at the end
     from llm_runs import parallel
 
+    try:
+        with RunHold(run_dir) if lead else nullcontext():  # a live run holds its folder: no second process trains in it
+            if args.resume:
+                config = load_for_resume(run_dir, args.overrides)  # refuses changes that make it another experiment
+                trainer = Trainer(config, run_dir, progress=not args.no_progress)
+                if not trainer.resume():
+                    print(f"{run_dir}: no checkpoint yet, starting from step 0", file=sys.stderr)
+            else:
+                trainer = Trainer(config, run_dir, progress=not args.no_progress)
+            run_dir = trainer.train()  # closes the rollout engine at the end
+    except Preempted as stop:  # every rank agreed on it and wrote its part of the checkpoint
+        trainer.close()
+        parallel.finish()
+        print(f"{run_dir}: {stop} (exit code {PREEMPTED})", file=sys.stderr)
+        return PREEMPTED
     parallel.finish()
     print(f"run folder: {run_dir}  (metrics: {run_dir / 'metrics.jsonl'})")
     return 0

@@ -212,6 +212,13 @@ class TrainConfig:
     """Checkpoint every this many steps, and at the end (0: never)."""
     keep_checkpoints: Annotated[int | None, Range(1)] = 1
     """Step checkpoints kept besides "best" (None: all)."""
+    checkpoint_minutes: Annotated[float | None, Range(0.0, above=True)] = None
+    """Also checkpoint when this many minutes have passed since the last checkpoint (None: by steps only)."""
+    end_time: Annotated[float | None, Range(0.0)] = None
+    """The job's end as a UNIX time (None: SLURM_JOB_END_TIME where the scheduler sets it, else none): when it
+    is nearer than one step + one checkpoint + end_margin_s, checkpoint and stop with exit code 75."""
+    end_margin_s: Annotated[float, Range(0.0)] = 120.0
+    """Seconds kept free before the job's end, beyond the longest step and checkpoint seen."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: "auto" is CUDA when there is one, else the CPU."""
     report_to: str = "auto"
@@ -460,7 +467,7 @@ RESUME_SAFE = (
     "train.output_dir", "train.run_name", "train.report_to", "train.log_interval", "eval.keep_samples",
     "loss.micro_batch_size", "loss.implementation", "loss.chunk_size", "model.gradient_checkpointing",
     "rollout.gpu_memory_utilization", "rollout.enforce_eager", "rollout.cpu_kv_cache_gib",
-    "rollout.logprob_gap_alarm", "rollout.record",
+    "rollout.logprob_gap_alarm", "rollout.record", "train.checkpoint_minutes", "train.end_time", "train.end_margin_s",
 )
 
 

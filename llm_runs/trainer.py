@@ -37,6 +37,7 @@ from llm_runs.data import Example, PromptSampler, render
 from llm_runs.evaluate import evaluate
 from llm_runs.loss import SelfDistillationOutput, self_distillation_loss
 from llm_runs.metrics import StepMetrics
+from llm_runs.preemption import Preempted, StopWatch, job_end_time
 from llm_runs.reward import score
 from llm_runs.rollout import Rollout, Sampling, replay
 from llm_runs.teacher import AdapterTeacher, TeacherWeights, demonstrations
@@ -413,32 +414,60 @@ class Trainer:
         return self.run_dir
 
     def _train_steps(self) -> None:
-        """Steps until `train.steps`, each logged, validated and checkpointed as the cadences say."""
+        """Steps until `train.steps`, each logged, validated and checkpointed as the cadences say; stopped early
+        (checkpoint written, `Preempted` raised) on SIGTERM/SIGUSR1 or when the job's end is near."""
         c = self.config
         if self.state.pending_row is not None:  # resumed from a checkpoint written before its validation
             row, self.state.pending_row = self.state.pending_row, None
             self._validate_and_log(row)
             self.watch.row(row)
-        while self.state.step < c.train.steps:
-            row = self.step()
-            last = self.state.step == c.train.steps
-            evaluate = bool(c.train.eval_every) and (self.state.step % c.train.eval_every == 0 or last)
-            keep = bool(c.train.checkpoint_every) and (self.state.step % c.train.checkpoint_every == 0 or last)
-            if keep and evaluate:
-                # the step's checkpoint first, holding the row still to be logged: a validation that fails
-                # (out of memory, killed) costs only itself, and a resume redoes it before step k + 1
-                self.state.pending_row = row
-                self.save()
-                self.state.pending_row = None
+        clock = StopWatch(c.train.checkpoint_minutes, job_end_time(c.train.end_time), c.train.end_margin_s, self.device)
+        clock.install()
+        try:
+            while self.state.step < c.train.steps:
+                started = time.monotonic()
+                saved = self._one_step(clock)
+                clock.step_took(time.monotonic() - started - saved)
+                if self.state.step == c.train.steps:
+                    break  # the run is done: a late signal changes nothing
+                reason, save = clock.decide()  # the same on every rank
+                if save and not saved:
+                    self._timed_save(clock)
+                if reason:
+                    raise Preempted(self.state.step, reason)
+        finally:
+            clock.uninstall()
+
+    def _one_step(self, clock: StopWatch) -> float:
+        """A step, logged, validated and checkpointed as the step cadences say; returns the seconds spent saving."""
+        c = self.config
+        row = self.step()
+        last = self.state.step == c.train.steps
+        evaluate = bool(c.train.eval_every) and (self.state.step % c.train.eval_every == 0 or last)
+        keep = bool(c.train.checkpoint_every) and (self.state.step % c.train.checkpoint_every == 0 or last)
+        saved = 0.0
+        if keep and evaluate:
+            # the step's checkpoint first, holding the row still to be logged: a validation that fails
+            # (out of memory, killed) costs only itself, and a resume redoes it before step k + 1
+            self.state.pending_row = row
+            saved = self._timed_save(clock)
+            self.state.pending_row = None
+            self._validate_and_log(row)
+        else:
+            if evaluate:
                 self._validate_and_log(row)
             else:
-                if evaluate:
-                    self._validate_and_log(row)
-                else:
-                    self._log(row)
-                if keep:
-                    self.save()
-            self.watch.row(row)
+                self._log(row)
+            if keep:
+                saved = self._timed_save(clock)
+        self.watch.row(row)
+        return saved
+
+    def _timed_save(self, clock: StopWatch) -> float:
+        started = time.monotonic()
+        self.save()
+        clock.saved(time.monotonic() - started)
+        return time.monotonic() - started
 
     # -- checkpoint / resume ------------------------------------------------------------------
 
