@@ -94,6 +94,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(config.train.device)
         self.rank, self.world = parallel.init(self.device)
+        say = watch.Startup(self.run_dir.name, lead=self.rank == 0)
+        say(f"starting on {self.device.type}, {self.world} process{'es' if self.world > 1 else ''}; loading the data")
         if config.rollout.prompts_per_step % self.world:
             raise ConfigError(f"rollout.prompts_per_step = {config.rollout.prompts_per_step} must be a multiple of "
                               f"the {self.world} processes (each takes an equal share of the global batch)")
@@ -102,6 +104,7 @@ class Trainer:
         self.test_examples = load_examples(config, "test")
         fingerprint = {"data.train": examples_sha256(self.train_examples), "data.test": examples_sha256(self.test_examples)}
         corpus = [e.prompt for e in self.train_examples + self.test_examples]
+        say("building the tiny model" if config.model.tiny else f"loading the model {config.model.path}")
         self.source = model_source(config, self.run_dir, corpus)
         self.model, self.tokenizer = load_model(self.source, DTYPES[config.model.dtype], self.device,
                                                 config.model.random_init)
@@ -118,14 +121,18 @@ class Trainer:
             self.teacher = AdapterTeacher(self.model, config.teacher.kind, config.teacher.ema_tau)
         else:
             self.teacher = TeacherWeights(self.model, config.teacher.kind, config.teacher.ema_tau)  # copied unsharded
+        if self.world > 1:
+            say(f"sharding the model over {self.world} processes (FSDP2)")
         parallel.shard(self.model, self.device)
         if self.teacher.model is not None:
             parallel.shard(self.teacher.model, self.device)  # the EMA teacher sharded the same way
         self.optimizer, self.scheduler = adamw(self.model, config.optim)
         p = config.pgpo
         self.multiplier = Multiplier(p.alpha, p.rho_max, form=p.form) if p.enabled else None
+        say(f"starting the rollout engine ({config.rollout.engine})")
         self.engine = rollout_engine(config, self.model, self.tokenizer, self.source, self.device, self.rank,
                                      self.world)
+        say(f"ready: {len(self.train_examples)} training and {len(self.test_examples)} test prompts")
         self.sampler = PromptSampler(len(self.train_examples), config.train.seed)
         self.state = RunState(data_sha256=fingerprint)
         self.resumed = False  # set by resume(): the run folder's config.yaml is then never rewritten

@@ -228,6 +228,21 @@ class Console:
             self.bar.close()
 
 
+class Startup:
+    """What a run is doing before its first step (loading, sharding, starting the engine can take minutes on a GPU
+    node): one timestamped line per stage on rank 0, with the time since the run started."""
+
+    def __init__(self, name: str, lead: bool, stream=None):
+        self.name, self.lead, self.stream = name, lead, stream or sys.stderr
+        self.began = time.monotonic()
+
+    def __call__(self, what: str) -> None:
+        if self.lead:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            print(f"[{stamp}] {self.name}: {what} ({time.monotonic() - self.began:.1f} s since start)",
+                  file=self.stream, flush=True)
+
+
 def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"

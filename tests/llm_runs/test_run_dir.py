@@ -58,3 +58,15 @@ def test_resume_with_a_config_is_refused_not_ignored(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["train", "--resume", str(tmp_path), "--config", str(TINY)])
     assert "would be ignored" in capsys.readouterr().err
+
+
+def test_a_run_says_what_it_is_doing_before_its_first_step(tiny_model_dir, tmp_path, capsys):
+    from llm_runs.trainer import Trainer
+    from tests.llm_runs.test_trainer import config
+
+    Trainer(config(tiny_model_dir, tmp_path), tmp_path / "r", progress=False)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("[") and "] r: " in x]
+    stages = [x.split("] r: ", 1)[1].split(" (")[0] for x in lines]
+    assert stages == ["starting on cpu, 1 process; loading the data", f"loading the model {tiny_model_dir}",
+                      "starting the rollout engine", "ready: 12 training and 4 test prompts"]
+    assert all("s since start)" in x for x in lines)
