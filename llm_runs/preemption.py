@@ -15,13 +15,17 @@ deadlock FSDP. PREEMPTED (75, EX_TEMPFAIL: "try again later") tells a requeue sc
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import torch
 
 PREEMPTED = 75  # the exit code of a run stopped early with its checkpoint written: resume it
+MARK = "preempted.json"  # in the run folder while it is stopped early: what a requeue script reads under torchrun,
+#                          whose own exit code is 1 for any worker's
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -31,6 +35,15 @@ class Preempted(Exception):
     def __init__(self, step: int, reason: str):
         super().__init__(f"stopped at step {step} ({reason}) with its checkpoint written: resume it with --resume")
         self.step, self.reason = step, reason
+
+
+def mark(run_dir, step: int, reason: str) -> None:
+    """Leave RUN/preempted.json: {"step", "reason", "exit_code"} (removed when the run trains again)."""
+    (Path(run_dir) / MARK).write_text(json.dumps({"step": step, "reason": reason, "exit_code": PREEMPTED}) + "\n")
+
+
+def unmark(run_dir) -> None:
+    (Path(run_dir) / MARK).unlink(missing_ok=True)
 
 
 def job_end_time(configured: float | None) -> float | None:

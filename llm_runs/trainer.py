@@ -27,7 +27,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from llm_runs import checkpoint, model_files, parallel, watch
+from llm_runs import checkpoint, model_files, parallel, preemption, watch
 from llm_runs.batch import Batch, make_batch, response_logits
 from llm_runs.build import (DTYPES, adamw, attach_lora, examples_sha256, load_examples, load_model, model_source,
                             resolve_device, rollout_engine, seed_everything)
@@ -402,6 +402,8 @@ class Trainer:
         saved = self.run_dir / "config.yaml"
         if lead and not (self.resumed and saved.exists()):  # a resumed run keeps the config it started with
             saved.write_text(yaml.safe_dump(c.to_dict(), sort_keys=False))
+        if lead:
+            preemption.unmark(self.run_dir)  # training again
         pending = self.state.pending_row is not None
         self.watch = watch.Watch(self.run_dir, c, start_step=self.state.step - pending,
                                  first_step=self.state.step + (not pending), progress=self.progress, lead=lead)
@@ -441,6 +443,8 @@ class Trainer:
                 if save and not saved:
                     self._timed_save(clock)
                 if reason:
+                    if self.rank == 0:
+                        preemption.mark(self.run_dir, self.state.step, reason)
                     raise Preempted(self.state.step, reason)
         finally:
             clock.uninstall()

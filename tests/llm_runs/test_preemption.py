@@ -63,10 +63,12 @@ def test_sigterm_checkpoints_at_the_step_boundary_and_the_resumed_run_equals_an_
     assert 3 <= done < 20  # stopped early, and no step lost: the checkpoint is the last logged step
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{done:06d}"
     assert f"stopped at step {done} (SIGTERM)" in err
+    assert json.loads((run / "preempted.json").read_text()) == {"step": done, "reason": "SIGTERM", "exit_code": 75}
     resumed = subprocess.run([sys.executable, "-m", "llm_runs", "train", "--resume", str(run), "--no-progress"],
                              cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert run_rows(run / "metrics.jsonl") == run_rows(tmp_path / "whole" / "metrics.jsonl")
+    assert not (run / "preempted.json").exists()
 
 
 @pytest.mark.slow
@@ -91,6 +93,7 @@ def test_a_signal_to_one_rank_stops_both_together_with_one_checkpoint(tiny_model
     assert 2 <= done < 30
     latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     assert latest.name == f"step-{done:06d}" and (latest / "dcp").is_dir()
+    assert json.loads((run / "preempted.json").read_text())["step"] == done
     rank_rows = [[json.loads(x)["step"] for x in (run / "ranks" / f"rank{r}.jsonl").read_text().splitlines()]
                  for r in (0, 1)]
     assert rank_rows[0] == rank_rows[1] == list(range(1, done + 1))
