@@ -43,6 +43,15 @@ def test_each_seed_of_a_paper_config_gets_its_own_run_folder(path):
     assert names == {seed: f"{path.stem}-seed{seed}" for seed in (0, 1, 2)}
 
 
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem.startswith("qwen3_8b_")], ids=lambda p: p.stem)
+def test_paper_configs_follow_the_h100_recommendation_of_the_scaling_notes(path):
+    """docs/scaling.md, 8 × H100 80 GB: micro-batches of 1–2, checkpointed activations, vLLM at ≈ 0.4 of the GPU."""
+    c = load(path)
+    assert c.loss.micro_batch_size <= 2 and c.model.gradient_checkpointing and c.rollout.gpu_memory_utilization <= 0.4
+    notes = (ROOT / "docs" / "scaling.md").read_text()
+    assert "`loss.micro_batch_size: 1–2`, `model.gradient_checkpointing: true`, vLLM `gpu_memory_utilization` ≈ 0.4" in notes
+
+
 def test_paper_configs_cover_four_domains_and_four_methods():
     stems = {p.stem for p in CONFIGS}
     for domain in ("biology", "chemistry", "material", "physics"):
