@@ -189,6 +189,24 @@ def _smoke(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from llm_runs.tools.plan import Assumptions, grid, grid_report, plan, report
+
+    a = Assumptions(args.gpus, args.generation_tokens_per_s, args.training_tokens_per_s, args.response_tokens,
+                    args.test_questions)
+    if args.grid:
+        result = grid(args.seeds, a, args.overrides)
+        print(grid_report(result))
+    elif args.config is None:
+        raise ConfigError("plan needs --config NAME (or --grid for the paper's 48 runs)")
+    else:
+        result = plan(args.config, args.overrides, a, args.run)
+        print(report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def _demo(args) -> int:
     from llm_runs.experiment.demo import run, save_figure, table
 
@@ -288,6 +306,20 @@ def main(argv=None) -> int:
     smoke.add_argument("--teacher", default="live", choices=["live", "ema", "frozen"])
     smoke.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     smoke.add_argument("overrides", nargs="*", help="section.key=value")
+    pl = sub.add_parser("plan", help="GPU-hours and disk of a run, or of the paper's grid, before starting it")
+    pl.add_argument("--config", help="a config file or a shipped config's name")
+    pl.add_argument("--grid", action="store_true", help="every shipped qwen3_8b_* config × --seeds seeds, and the total")
+    pl.add_argument("--seeds", type=int, default=3, help="seeds per config with --grid (default 3)")
+    pl.add_argument("--run", metavar="RUN_DIR", help="also the time this run's measured steps imply")
+    pl.add_argument("--gpus", type=int, default=8, help="GPUs per run (default 8)")
+    pl.add_argument("--generation-tokens-per-s", type=float, default=1000.0,
+                    help="per GPU, sampling (default 1000: an assumption; vLLM is unmeasured here)")
+    pl.add_argument("--training-tokens-per-s", type=float, default=3500.0,
+                    help="per GPU, teacher + student forward and backward (default 3500: measured on one H200)")
+    pl.add_argument("--response-tokens", type=int, help="mean response length (default: rollout.max_new_tokens)")
+    pl.add_argument("--test-questions", type=int, help="test questions per validation (default: counted from data.test)")
+    pl.add_argument("--json", help="also write the numbers here")
+    pl.add_argument("overrides", nargs="*", help="section.key=value")
     demo = sub.add_parser("demo", help="the CPU experiment: warm start, then SDPO vs PGPO on a synthetic task")
     demo.add_argument("--quick", action="store_true", help="one seed, SDPO and PGPO alpha=1 (what `make demo` runs)")
     demo.add_argument("--out", default="runs/demo", help="data, warm start and runs (reused and resumed)")
@@ -314,7 +346,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"data": _data, "train": _train, "eval": _eval, "bench": _bench, "bench-loss": _bench_loss, "smoke": _smoke, "demo": _demo,
-                "warm-start": _warm_start, "compare": _compare}[args.command](args)
+                "warm-start": _warm_start, "compare": _compare, "plan": _plan}[args.command](args)
     except (ConfigError, DataError) as err:  # bad input: one line naming the key, file or field, never a traceback
         parser.exit(2, f"error: {err}\n")
     except OSError as err:
