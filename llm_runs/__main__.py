@@ -11,6 +11,7 @@ import argparse
 import errno
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def _train(args) -> int:
         run_dir = Path(config.train.output_dir) / run_name(config, args.config)
         if lead:
             check_new_run_dir(run_dir)
+    fresh = not args.resume and not run_dir.exists()
     from llm_runs import parallel
 
     try:
@@ -86,6 +88,10 @@ def _train(args) -> int:
         parallel.finish()
         print(f"{run_dir}: {stop} (exit code {PREEMPTED})", file=sys.stderr)
         return PREEMPTED
+    except BaseException:
+        if fresh and lead and not (run_dir / "metrics.jsonl").exists():  # it never trained: leave no folder behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     parallel.finish()
     print(f"run folder: {run_dir}  (metrics: {run_dir / 'metrics.jsonl'})")
     return 0
@@ -343,7 +349,14 @@ def main(argv=None) -> int:
     cmp.add_argument("--figure", help="validation mean@k against step, a panel per domain: PATH.png and PATH.pdf "
                                       "(or PATH alone, with a .png/.pdf/.svg suffix)")
     cmp.add_argument("--json", help="write the table's data (and every run's validations) here")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    # section.key=value overrides may follow an option (`train --config X --no-progress a.b=1`): argparse stops
+    # filling the positional list at the first option, so they come back here
+    stray = [x for x in rest if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
     try:
         return {"data": _data, "train": _train, "eval": _eval, "bench": _bench, "bench-loss": _bench_loss, "smoke": _smoke, "demo": _demo,
                 "warm-start": _warm_start, "compare": _compare, "plan": _plan}[args.command](args)

@@ -22,11 +22,14 @@ def shipped_configs() -> list[str]:
 
 
 def config_file(name: str | Path) -> Path | None:
-    """The config file `name` means: an existing path, else a shipped config of that name (with or without
-    .yaml); None when neither exists."""
+    """The config file `name` means: an existing path, else NAME.yaml there, else a shipped config of that name
+    (with or without .yaml); None when none exists."""
     path = Path(name)
     if path.exists():
         return path
+    local = path.with_name(path.name + ".yaml")
+    if path.suffix not in (".yaml", ".yml") and local.exists():  # your tiny_cpu.yaml before the shipped one
+        return local
     if path.parent == Path("."):  # a bare name, never a path that happens to be missing
         shipped = SHIPPED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
         if shipped.exists():

@@ -70,3 +70,24 @@ def test_a_run_says_what_it_is_doing_before_its_first_step(tiny_model_dir, tmp_p
     assert stages == ["starting on cpu, 1 process; loading the data", f"loading the model {tiny_model_dir}",
                       "starting the rollout engine", "ready: 12 training and 4 test prompts"]
     assert all("s since start)" in x for x in lines)
+
+
+def test_a_run_that_fails_on_its_input_leaves_no_folder(capsys, tmp_path):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text("not json\n")
+    with pytest.raises(SystemExit):
+        _train(tmp_path, "train.run_name=r", f"data.train={bad}")
+    assert "error: " in capsys.readouterr().err
+    assert not (tmp_path / "out" / "r").exists()
+
+
+def test_overrides_may_follow_an_option_and_a_local_config_wins_over_a_shipped_name(tmp_path, monkeypatch, capsys):
+    from llm_runs import paths
+    from llm_runs.__main__ import main as cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny_cpu.yaml").write_text("train:\n  steps: 1\n")
+    assert paths.config_file("tiny_cpu").resolve() == (tmp_path / "tiny_cpu.yaml").resolve()
+    with pytest.raises(SystemExit) as exit_:  # the override after --no-progress is read, and checked
+        cli(["train", "--config", "tiny_cpu", "--no-progress", "train.nonsense=1"])
+    assert exit_.value.code == 2 and "unknown key 'train.nonsense'" in capsys.readouterr().err
