@@ -200,8 +200,8 @@ class OptimConfig:
 class TrainConfig:
     steps: Annotated[int, Range(0)] = 500
     """Optimizer steps. Decision: the papers give no length; 500 covers SDPO's reported late collapse (~400)."""
-    seed: int = 0
-    """Seeds the prompt order, the sampling, validation and any random initialisation."""
+    seed: Annotated[int, Range(0)] = 0
+    """Seeds the prompt order, the sampling, validation and any random initialisation (numpy's seeds are ≥ 0)."""
     output_dir: str = "runs"
     """The run folder is output_dir/run_name."""
     run_name: str | None = None
@@ -426,10 +426,37 @@ def load(path: str | Path | None = None, overrides: list[str] | tuple = (), sche
     return config
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML for configs: no aliases (a config needs none, and an alias bomb expands to gigabytes) and no key
+    given twice in one mapping (YAML keeps the last one silently: a duplicated section would lose the first)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"line {event.start_mark.line + 1}: an alias (*{event.anchor}): configs take plain "
+                                 f"values, no anchors or aliases")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: {key!r} is given twice in one mapping "
+                                     f"(first on line {seen[key]}): YAML would keep only the last")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str):
+    """`yaml.safe_load` with `_StrictLoader`'s two refusals."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def _read_mapping(path: Path, shape: str) -> dict:
     """A YAML file whose top level is a mapping (empty: {}); `shape` says what it must be, in the error."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):

@@ -103,6 +103,9 @@ class Trainer:
         self.train_examples = load_examples(config, "train")
         self.test_examples = load_examples(config, "test")
         fingerprint = {"data.train": examples_sha256(self.train_examples), "data.test": examples_sha256(self.test_examples)}
+        if fingerprint["data.train"] == fingerprint["data.test"]:
+            say("warning: data.test holds the same examples as data.train: validation will measure recall, not "
+                "generalisation")
         corpus = [e.prompt for e in self.train_examples + self.test_examples]
         say("building the tiny model" if config.model.tiny else f"loading the model {config.model.path}")
         self.source = model_source(config, self.run_dir, corpus)

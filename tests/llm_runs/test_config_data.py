@@ -1,6 +1,7 @@
 """Configs (errors name the key and the file), split files (errors name file, line and field), templates."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -285,3 +286,27 @@ def test_bad_data_ends_in_one_error_line_naming_the_file_and_line(tmp_path, name
     assert done.returncode == 2, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and words in last and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n", "line 2: an alias (*a)"),
+    ("train:\n  steps: 3\nloss:\n  beta: 0.5\ntrain:\n  seed: 2\n", "line 5: 'train' is given twice"),
+    ("train:\n  steps: 3\n  steps: 4\n", "line 3: 'steps' is given twice"),
+])
+def test_a_config_file_with_aliases_or_a_key_given_twice_is_refused_by_line(tmp_path, text, words):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load(tmp_path / "c.yaml")
+
+
+def test_a_negative_seed_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"train.seed: must lie in \[0, ∞\], got -1"):
+        load(None, ["train.seed=-1"])
+
+
+def test_a_test_split_equal_to_the_training_split_is_warned_of(tiny_model_dir, tmp_path, capsys):
+    from llm_runs.trainer import Trainer
+    from tests.llm_runs.test_trainer import FIXTURES, config
+
+    Trainer(config(tiny_model_dir, tmp_path, f"data.test={FIXTURES / 'train.jsonl'}"), tmp_path / "r", progress=False)
+    assert "warning: data.test holds the same examples as data.train" in capsys.readouterr().err
