@@ -109,6 +109,11 @@ def _eval(args) -> int:
     _quiet_loading(args)
     checkpoint = Path(args.checkpoint)
     spec = model_files.check_folder(checkpoint, "--checkpoint")  # a clear error before anything is loaded
+    out = Path(args.out) if args.out else checkpoint / "eval.json"
+    try:  # where the result goes is made (or refused) now, not after an evaluation of hours
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: its folder cannot be made ({err.strerror})") from None
     model_files.check_tokenizer(checkpoint, "--checkpoint")
     # the run's config: RUN/final (an export) or RUN/checkpoints/step-N
     run_config = next((p / "config.yaml" for p in (checkpoint.parent, checkpoint.parent.parent)
@@ -139,7 +144,6 @@ def _eval(args) -> int:
         if engine is not None:
             engine.close()
     result["engine"] = engine_name
-    out = Path(args.out) if args.out else checkpoint / "eval.json"
     out.write_text(json.dumps(result, indent=1))
     print(f"mean@{result['k']} = {result['mean_at_k']:.4f} over {result['questions']} questions, {engine_name} "
           f"engine  ({out})")

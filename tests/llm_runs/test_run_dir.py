@@ -1,12 +1,14 @@
 """Where a new run may be written: one folder inside train.output_dir, never over another run or over files
 that are not a run's; the config's name kept whole in the folder's name."""
 
+import json
+
 import pytest
 
 from llm_runs.__main__ import main
 from llm_runs.build import run_name
 from llm_runs.config import load
-from tests.llm_runs.test_trainer import FIXTURES, TINY
+from tests.llm_runs.test_trainer import FIXTURES, TINY, finished_run  # noqa: F401  (fixture)
 
 
 def _train(tmp_path, *overrides):
@@ -91,3 +93,15 @@ def test_overrides_may_follow_an_option_and_a_local_config_wins_over_a_shipped_n
     with pytest.raises(SystemExit) as exit_:  # the override after --no-progress is read, and checked
         cli(["train", "--config", "tiny_cpu", "--no-progress", "train.nonsense=1"])
     assert exit_.value.code == 2 and "unknown key 'train.nonsense'" in capsys.readouterr().err
+
+
+def test_eval_writes_into_a_folder_it_makes_first(finished_run, tmp_path, capsys):
+    out = tmp_path / "not" / "yet" / "there.json"
+    assert main(["eval", "--checkpoint", str(finished_run / "final"), "--no-progress", "--out", str(out),
+                 "eval.samples=1"]) == 0
+    assert json.loads(out.read_text())["k"] == 1
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(SystemExit):  # refused before the evaluation, not after it
+        main(["eval", "--checkpoint", str(finished_run / "final"), "--out", str(blocked / "x.json")])
+    assert "its folder cannot be made" in capsys.readouterr().err
