@@ -200,7 +200,8 @@ class Trainer:
         """P prompts drawn without replacement within an epoch, the same on every rank; this rank takes its
         share, each prompt with one seed per (run, step, position in the global batch)."""
         c = self.config
-        epoch, chosen = self.sampler.epoch, self.sampler.draw(c.rollout.prompts_per_step)
+        chosen = self.sampler.draw(c.rollout.prompts_per_step)
+        epoch = self.sampler.epoch  # after the draw: the epoch its last prompt came from
         share = c.rollout.prompts_per_step // self.world
         mine = range(self.rank * share, (self.rank + 1) * share)
         seeds = [int(np.random.SeedSequence([c.train.seed, self.state.step, i]).generate_state(1)[0]) for i in mine]

@@ -105,3 +105,12 @@ def test_eval_writes_into_a_folder_it_makes_first(finished_run, tmp_path, capsys
     with pytest.raises(SystemExit):  # refused before the evaluation, not after it
         main(["eval", "--checkpoint", str(finished_run / "final"), "--out", str(blocked / "x.json")])
     assert "its folder cannot be made" in capsys.readouterr().err
+
+
+def test_the_epoch_column_is_the_epoch_the_steps_prompts_came_from(tiny_model_dir, tmp_path):
+    """12 training prompts, 4 a step: steps 1–3 are epoch 0, steps 4–6 epoch 1 (step 4 used to say 0)."""
+    from llm_runs.trainer import Trainer
+    from tests.llm_runs.test_trainer import config
+
+    t = Trainer(config(tiny_model_dir, tmp_path, "rollout.max_new_tokens=2"), tmp_path / "r", progress=False)
+    assert [t.step()["epoch"] for _ in range(6)] == [0, 0, 0, 1, 1, 1]
