@@ -263,13 +263,13 @@ def _data(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m llm_runs", description="SDPO and PGPO training of LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train (or resume) a run")
     train.add_argument("--config", help="a YAML file (see llm_runs/configs/)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar: timestamped lines instead (the default when the output is not a terminal)")
     train.add_argument("overrides", nargs="*", help="section.key=value")
     ev = sub.add_parser("eval", help="mean@k of a checkpoint on a split")
     ev.add_argument("--checkpoint", required=True, help="a checkpoint folder (transformers format)")
@@ -278,16 +278,16 @@ def main(argv=None) -> int:
     ev.add_argument("--engine", choices=["hf", "vllm"], help="sampler (default: the run's rollout.engine)")
     ev.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                     help="weights' dtype for sampling (default: the run's model.dtype)")
-    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("overrides", nargs="*", help="section.key=value")
     ws = sub.add_parser("warm-start", help="supervised format + copy-from-context phase (see llm_runs.experiment.warm_start)")
-    ws.add_argument("--config", required=True)
+    ws.add_argument("--config", required=True, help="a config file or a shipped config's name (e.g. demo_cpu)")
     ws.add_argument("--out", required=True, help="folder for config.yaml, base_model/, final/, warm_start.json")
-    ws.add_argument("--no-progress", action="store_true")
+    ws.add_argument("--no-progress", action="store_true", help="no progress bar")
     ws.add_argument("overrides", nargs="*", help="section.key=value")
     bench = sub.add_parser("bench", help="seconds per step by stage, SDPO against PGPO (or, with --peer trl, "
                                          "this trainer against TRL's SDPO trainer)")
-    bench.add_argument("--config", required=True)
+    bench.add_argument("--config", required=True, help="a config file or a shipped config's name")
     bench.add_argument("--peer", choices=["trl"], help="trl: this trainer, TRL's SDPOTrainer and TRL with pgpo.trl, "
                                                      "interleaved on matched settings (the trl extra)")
     bench.add_argument("--steps", type=int, default=5, help="timed steps per run (after one warm-up step)")
@@ -300,21 +300,21 @@ def main(argv=None) -> int:
     bl.add_argument("--hidden", type=int, default=4096, help="hidden size H (default: Qwen3-8B's)")
     bl.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on CUDA")
     bl.add_argument("--device", default="cpu,cuda", help="comma-separated; cuda is skipped where there is none")
-    bl.add_argument("--topk", type=int, default=100)
+    bl.add_argument("--topk", type=int, default=100, help="the loss's support: the student's top-k (default 100)")
     bl.add_argument("--chunk-size", type=int, help="positions per chunk (default: 128 MiB of float32 logits)")
     bl.add_argument("--json", help="append every case's record to this JSON-lines file")
     smoke = sub.add_parser("smoke", help="full steps on a random model of the real shape (no weights needed)")
-    smoke.add_argument("--shape", default="qwen3-8b", choices=["qwen3-8b", "tiny"])
+    smoke.add_argument("--shape", default="qwen3-8b", choices=["qwen3-8b", "tiny"], help="the model's shape (default qwen3-8b)")
     smoke.add_argument("--layers", type=int, help="keep the first K decoder layers (default: all)")
     smoke.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
-    smoke.add_argument("--engine", default="hf", choices=["hf", "vllm"])
-    smoke.add_argument("--prompts", type=int, default=2)
-    smoke.add_argument("--samples", type=int, default=2)
-    smoke.add_argument("--response-tokens", type=int, default=128)
-    smoke.add_argument("--micro-batch", type=int, default=2)
-    smoke.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    smoke.add_argument("--teacher", default="live", choices=["live", "ema", "frozen"])
-    smoke.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    smoke.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="the rollout engine (default hf)")
+    smoke.add_argument("--prompts", type=int, default=2, help="prompts per step (default 2)")
+    smoke.add_argument("--samples", type=int, default=2, help="samples per prompt (default 2)")
+    smoke.add_argument("--response-tokens", type=int, default=128, help="tokens per response (default 128)")
+    smoke.add_argument("--micro-batch", type=int, default=2, help="sequences per forward/backward (default 2)")
+    smoke.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="weights' dtype (default bfloat16)")
+    smoke.add_argument("--teacher", default="live", choices=["live", "ema", "frozen"], help="teacher.kind (default live: no second copy)")
+    smoke.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA, and the real shape is refused without it")
     smoke.add_argument("overrides", nargs="*", help="section.key=value")
     pl = sub.add_parser("plan", help="GPU-hours and disk of a run, or of the paper's grid, before starting it")
     pl.add_argument("--config", help="a config file or a shipped config's name")
@@ -339,7 +339,7 @@ def main(argv=None) -> int:
                       help="comma-separated names from llm_runs.experiment.demo.METHODS, e.g. 'SDPO,PGPO α=1'")
     demo.add_argument("--figure", help="path without extension (default: figures/llm_demo, or OUT/llm_demo_quick)")
     demo.add_argument("--replot", action="store_true", help="redraw the figure from its JSON")
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument("overrides", nargs="*", help="section.key=value, applied to llm_runs/configs/demo_cpu.yaml")
     data = sub.add_parser("data", help="make the Science Q&A split files the configs read")
     data.add_argument("dataset", choices=["sciknoweval"], help="hicai-zju/SciKnowEval, cut as SDPO's authors did")
@@ -353,6 +353,11 @@ def main(argv=None) -> int:
     cmp.add_argument("--figure", help="validation mean@k against step, a panel per domain: PATH.png and PATH.pdf "
                                       "(or PATH alone, with a .png/.pdf/.svg suffix)")
     cmp.add_argument("--json", help="write the table's data (and every run's validations) here")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     # section.key=value overrides may follow an option (`train --config X --no-progress a.b=1`): argparse stops
     # filling the positional list at the first option, so they come back here

@@ -17,6 +17,11 @@ from llm_runs.data import load_hub, load_split
 from llm_runs.rollout import HFEngine
 from llm_runs.rollout.replay import ReplayEngine
 
+# Qwen/Qwen3-8B's config.json: 8,190,735,360 parameters (counted in the tests); transformers' defaults differ
+QWEN3_8B = dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -155,6 +160,29 @@ def build_vllm_engine(config: RunConfig, source: str, device: torch.device, seed
                       gpu_memory_utilization=c.rollout.gpu_memory_utilization, max_model_len=min(longest, context),
                       distributed=distributed, enforce_eager=c.rollout.enforce_eager,
                       kv_cache_gib=c.rollout.cpu_kv_cache_gib, load_format="dummy" if random_weights else "auto")
+
+
+def parameter_count(config: RunConfig) -> int:
+    """The model's parameters from its shape alone (meta tensors): a local folder's config.json, the tiny shape,
+    or Qwen3-8B's published shape for its hub id."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen3Config
+
+    from llm_runs import tiny
+
+    m = config.model
+    if m.tiny:
+        shape = Qwen3Config(vocab_size=tiny.VOCAB_SIZE, **m.tiny_shape, tie_word_embeddings=False)
+    elif (Path(m.path).expanduser() / "config.json").exists():
+        shape = AutoConfig.from_pretrained(Path(m.path).expanduser())
+    elif m.path == "Qwen/Qwen3-8B":
+        shape = Qwen3Config(**QWEN3_8B)
+    else:
+        raise ConfigError(f"model.path {m.path!r}: its shape is unknown here (not a local folder with config.json, "
+                          f"not Qwen/Qwen3-8B): point model.path at a folder holding its config.json")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(shape)
+    return sum(p.numel() for p in model.parameters())
 
 
 def run_name(config: RunConfig, config_path: str | None) -> str:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from llm_runs import checkpoint, model_files, parallel, preemption, watch
 from llm_runs.batch import Batch, make_batch, response_logits
 from llm_runs.build import (DTYPES, adamw, attach_lora, examples_sha256, load_examples, load_model, model_source,
-                            resolve_device, rollout_engine, seed_everything)
+                            parameter_count, resolve_device, rollout_engine, seed_everything)
 from llm_runs.chunked_loss import chunked_self_distillation_loss, response_hidden
 from llm_runs.config import ConfigError, RunConfig, check_resume, load
 from llm_runs.data import Example, PromptSampler, render
@@ -107,6 +107,8 @@ class Trainer:
             say("warning: data.test holds the same examples as data.train: validation will measure recall, not "
                 "generalisation")
         corpus = [e.prompt for e in self.train_examples + self.test_examples]
+        if self.device.type == "cpu" and not config.model.tiny:
+            self._warn_of_cpu_cost(say)
         say("building the tiny model" if config.model.tiny else f"loading the model {config.model.path}")
         self.source = model_source(config, self.run_dir, corpus)
         self.model, self.tokenizer = load_model(self.source, DTYPES[config.model.dtype], self.device,
@@ -140,6 +142,17 @@ class Trainer:
         self.state = RunState(data_sha256=fingerprint)
         self.resumed = False  # set by resume(): the run folder's config.yaml is then never rewritten
         self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    def _warn_of_cpu_cost(self, say) -> None:
+        """A model of billions of parameters on a CPU (a GPU config run where no GPU is seen): said before the
+        minutes of loading, with the command that prices the run."""
+        try:
+            parameters = parameter_count(self.config)
+        except (ConfigError, OSError, ValueError):
+            return  # a shape it cannot read: the load below says what is wrong
+        if parameters >= 1e9:
+            say(f"warning: {parameters / 1e9:.1f} B parameters on the CPU: loading takes minutes and each step far "
+                f"longer; this config is for GPUs (`python -m llm_runs plan --config …` prices a run)")
 
     def close(self) -> None:
         """Shut the rollout engine down (vLLM: before the process group goes; every rank calls this)."""

@@ -23,6 +23,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llm_runs.build import parameter_count
 from llm_runs.config import ConfigError, RunConfig, load
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -41,30 +42,6 @@ class Assumptions:
     """The mean response length R; None: rollout.max_new_tokens (an upper bound)."""
     test_questions: int | None = None
     """Questions in the test split; None: counted from data.test when the file is there."""
-
-
-def parameter_count(config: RunConfig) -> int:
-    """The model's parameters from its shape alone (meta tensors): a local folder's config.json, the tiny shape,
-    or Qwen3-8B's published shape for its hub id."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, Qwen3Config
-
-    from llm_runs import tiny
-    from llm_runs.tools.smoke import SHAPES
-
-    m = config.model
-    if m.tiny:
-        shape = Qwen3Config(vocab_size=tiny.VOCAB_SIZE, **m.tiny_shape, tie_word_embeddings=False)
-    elif (Path(m.path).expanduser() / "config.json").exists():
-        shape = AutoConfig.from_pretrained(Path(m.path).expanduser())
-    elif m.path == "Qwen/Qwen3-8B":
-        shape = Qwen3Config(**SHAPES["qwen3-8b"])
-    else:
-        raise ConfigError(f"model.path {m.path!r}: its shape is unknown here (not a local folder with config.json, "
-                          f"not Qwen/Qwen3-8B): point model.path at a folder holding its config.json")
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(shape)
-    return sum(p.numel() for p in model.parameters())
 
 
 def disk(config: RunConfig, parameters: int) -> dict:

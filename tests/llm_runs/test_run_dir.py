@@ -114,3 +114,29 @@ def test_the_epoch_column_is_the_epoch_the_steps_prompts_came_from(tiny_model_di
 
     t = Trainer(config(tiny_model_dir, tmp_path, "rollout.max_new_tokens=2"), tmp_path / "r", progress=False)
     assert [t.step()["epoch"] for _ in range(6)] == [0, 0, 0, 1, 1, 1]
+
+
+def test_every_command_line_option_says_what_it_does():
+    import argparse
+
+    from llm_runs.__main__ import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    silent = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, p in sub.choices.items() for a in p._actions
+              if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert not silent
+
+
+def test_a_gpu_config_on_a_cpu_says_what_it_will_cost_before_loading(tmp_path, capsys, monkeypatch):
+    """The paper's config where no GPU is seen: the warning comes before the load (stopped here: no hub)."""
+    from llm_runs import trainer
+    from tests.llm_runs.test_trainer import config
+
+    def no_hub(*args):
+        raise RuntimeError("the load would start here")
+
+    monkeypatch.setattr(trainer, "model_source", no_hub)
+    with pytest.raises(RuntimeError, match="the load would start here"):
+        trainer.Trainer(config("Qwen/Qwen3-8B", tmp_path, "train.device=cpu"), tmp_path / "r", progress=False)
+    assert "warning: 8.2 B parameters on the CPU" in capsys.readouterr().err
