@@ -17,6 +17,7 @@ Both are rendered by the tokenizer's chat template with thinking disabled.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 from llm_runs import paths
 
 TEMPLATES = ("boxed", "answer_tag")
+CHOICE = re.compile(r"^([A-Z]): ", re.MULTILINE)  # a multiple-choice option's line in a prompt: "B: Nitrogen"
 SDPO_SUFFIX = "Please reason step by step."
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -92,8 +94,11 @@ def load_split(path: str | Path, limit: int | None = None) -> list[Example]:
             if idx in seen:
                 raise DataError(f"{where}: field 'idx' = {idx} repeats line {seen[idx]}")
             seen[idx] = number
-            examples.append(Example(idx, _field(row, "prompt", str, where), _field(row, "answer", str, where).strip(),
-                                    _field(row, "system", str, where, required=False), where))
+            prompt, answer = _field(row, "prompt", str, where), _field(row, "answer", str, where).strip()
+            letters = CHOICE.findall(prompt)
+            if len(letters) >= 2 and answer not in letters:  # a multiple-choice question whose key is not a choice
+                raise DataError(f"{where}: answer {answer!r} is not one of the question's choices ({', '.join(letters)})")
+            examples.append(Example(idx, prompt, answer, _field(row, "system", str, where, required=False), where))
             if limit is not None and len(examples) >= limit:
                 break
     if not examples:

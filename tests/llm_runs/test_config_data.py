@@ -310,3 +310,12 @@ def test_a_test_split_equal_to_the_training_split_is_warned_of(tiny_model_dir, t
 
     Trainer(config(tiny_model_dir, tmp_path, f"data.test={FIXTURES / 'train.jsonl'}"), tmp_path / "r", progress=False)
     assert "warning: data.test holds the same examples as data.train" in capsys.readouterr().err
+
+
+def test_an_answer_outside_the_questions_choices_is_refused_by_line(tmp_path):
+    rows = [{"idx": 0, "prompt": "Q?\n\nA: x\nB: y\nC: z\nD: w\nPlease reason step by step.", "answer": "B"},
+            {"idx": 1, "prompt": "Q?\n\nA: x\nB: y\nC: z\nD: w\nPlease reason step by step.", "answer": "E"}]
+    path = tmp_path / "split.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=re.escape(f"{path}:2: answer 'E' is not one of the question's choices (A, B, C, D)")):
+        load_split(path)
