@@ -233,8 +233,18 @@ def compare(paths) -> dict:
             members = grouped.get((domain, method))
             if members:
                 groups.append(_group_data(domain, method, members))
-    return {"unit": "percent", "paper": PAPER, "domains": domains, "methods": methods, "groups": groups,
-            "improvements": _improvements(groups)}
+    models = sorted({model_name(r.config) for r in runs})
+    return {"unit": "percent", "paper": PAPER, "models": models, "paper_beside": all(map(is_papers_model, models)),
+            "domains": domains, "methods": methods, "groups": groups, "improvements": _improvements(groups)}
+
+
+def model_name(config: RunConfig) -> str:
+    return "the tiny Qwen3 (built locally)" if config.model.tiny else config.model.path
+
+
+def is_papers_model(name: str) -> bool:
+    """Qwen3-8B, by its hub id or a local copy's folder name: the model of the paper's Table 1."""
+    return Path(name).name == "Qwen3-8B"
 
 
 def _group_data(domain: str, method: str, members: list[Run]) -> dict:
@@ -335,14 +345,16 @@ def table(data: dict) -> str:
     groups = {(g["domain"], g["method"]): g for g in data["groups"]}
     ks = sorted({k for g in data["groups"] for k in g["k"]})
     k = str(ks[0]) if len(ks) == 1 else "k"
+    shown = data.get("paper_beside", True)  # the paper's Table 1 only beside runs of its model
     lines = [f"Validation mean@{k} (%), mean ± std over seeds (ddof 1): best = the highest validation, "
-             f"final = the last."]
+             f"final = the last.", f"Model: {', '.join(data.get('models', []))}" + (
+                 "" if shown else " — not the paper's Qwen3-8B, so its Table 1 is not shown beside these runs.")]
     for i in range(0, len(data["domains"]), DOMAINS_PER_TABLE):
         domains = data["domains"][i:i + DOMAINS_PER_TABLE]
         header = ["method"]
         for d in domains:
             name = PAPER_DOMAINS.get(d, d)
-            header += [f"{name} best", f"{name} final"] + (["paper"] if d in PAPER_DOMAINS else [])
+            header += [f"{name} best", f"{name} final"] + (["paper"] if shown and d in PAPER_DOMAINS else [])
         rows = []
         for method in data["methods"]:
             if not any((d, method) in groups for d in domains):
@@ -351,7 +363,7 @@ def table(data: dict) -> str:
             for d in domains:
                 g = groups.get((d, method))
                 row += [_pm(g["best"]), _pm(g["final"])] if g else ["", ""]
-                if d in PAPER_DOMAINS:
+                if shown and d in PAPER_DOMAINS:
                     row.append("" if g is None else f"{g['paper']:.2f}" + ("" if method == "SDPO" else "†"))
             rows.append(row)
         for method in data["methods"][1:] if data["methods"][:1] == ["SDPO"] else []:
@@ -362,11 +374,11 @@ def table(data: dict) -> str:
             for d in domains:
                 x = found.get(d)
                 row += [_signed(x["best"]), _signed(x["final"])] if x else ["", ""]
-                if d in PAPER_DOMAINS:
+                if shown and d in PAPER_DOMAINS:
                     row.append(_signed(x["paper"]) if x else "")
             rows.append(row)
         lines += [""] + _markdown(header, rows)
-    if any(d in PAPER_DOMAINS for d in data["domains"]):
+    if shown and any(d in PAPER_DOMAINS for d in data["domains"]):
         lines += ["", "paper: PGPO paper (arXiv 2606.03620), Table 1, mean@16; it does not say whether it reports "
                       "the best or the final validation.",
                   "† the paper's \"PGPO (best α)\" row: it does not say which α (Appendix C lists three PGPO rows "
@@ -424,7 +436,7 @@ def draw(data: dict):
                     label=g["method"])
             ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=color[g["method"]],
                             alpha=0.2, linewidth=0)
-        if domain in PAPER_DOMAINS:
+        if data.get("paper_beside", True) and domain in PAPER_DOMAINS:
             table_1 = PAPER["table_1"]
             ax.axhline(table_1["SDPO"][domain], color=color.get("SDPO", "grey"), linestyle="--", linewidth=1,
                        label="paper SDPO")

@@ -133,8 +133,9 @@ def test_best_is_the_highest_validation_and_final_the_last(runs, tmp_path):
 
 def test_a_sciknoweval_domain_gets_the_paper_column(runs, tmp_path):
     test = "data/sciknoweval/chemistry/test.json"  # need not exist: compare reads only the run folder
-    sdpo = copy_with(runs / "runs" / "sdpo-seed0", tmp_path / "a", **{"data.test": test})
-    pgpo = copy_with(runs / "runs" / "pgpo_a1-seed0", tmp_path / "b", **{"data.test": test})
+    papers = {"data.test": test, "model.path": "Qwen/Qwen3-8B"}  # the paper's model: its column stands beside
+    sdpo = copy_with(runs / "runs" / "sdpo-seed0", tmp_path / "a", **papers)
+    pgpo = copy_with(runs / "runs" / "pgpo_a1-seed0", tmp_path / "b", **papers)
     data = cmp.compare([sdpo, pgpo])
     assert data["domains"] == ["chemistry"]
     assert group(data, "chemistry", "SDPO")["paper"] == 72.57
@@ -150,6 +151,18 @@ def test_a_sciknoweval_domain_gets_the_paper_column(runs, tmp_path):
     cells = [c.strip() for c in sdpo_line.strip("|").split("|")]
     assert cells == ["SDPO", f"{max(vals(sdpo)):.2f}", f"{vals(sdpo)[-1]:.2f}", "72.57"]  # one seed: no ± std
     assert "does not say which α" in text and "best or the final" in text
+
+
+def test_runs_of_another_model_name_it_and_stand_without_the_papers_table(runs, tmp_path):
+    test = "data/sciknoweval/chemistry/test.json"
+    sdpo = copy_with(runs / "runs" / "sdpo-seed0", tmp_path / "a", **{"data.test": test})
+    pgpo = copy_with(runs / "runs" / "pgpo_a1-seed0", tmp_path / "b", **{"data.test": test})
+    data = cmp.compare([sdpo, pgpo])
+    text = cmp.table(data)
+    model = load(sdpo / "config.yaml").model.path
+    assert data["models"] == [model] and not data["paper_beside"]
+    assert f"Model: {model} — not the paper's Qwen3-8B, so its Table 1 is not shown" in text
+    assert "72.57" not in text and "| paper" not in text and "arXiv" not in text
 
 
 def test_domain_comes_from_the_hub_or_the_test_files_folder_or_its_stem():
