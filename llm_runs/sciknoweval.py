@@ -69,8 +69,14 @@ def hub_rows(domain: str, source: str | Path | None = None) -> list[dict]:
     except ImportError as err:
         raise SourceError("reading the hub needs the `hub` extra (pip install 'pgpo-toolkit[hub]'), "
                           "or --source DIR with a local copy of the dataset") from err
-    return [dict(row, _where=f"{HUB_ID}/{name}:test:{i}")
-            for i, row in enumerate(datasets.load_dataset(HUB_ID, name, split="test"))]
+    try:
+        hub = datasets.load_dataset(HUB_ID, name, split="test")
+    except OSError as err:  # no internet, HF_HUB_OFFLINE, the dataset gone: one line, not datasets' traceback
+        raise SourceError(f"{HUB_ID} could not be read from the hub ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())}); with no internet here, pass --source DIR with a copy "
+                          f"of the dataset made where there is (`hf download {HUB_ID} --repo-type dataset "
+                          f"--local-dir DIR`)") from None
+    return [dict(row, _where=f"{HUB_ID}/{name}:test:{i}") for i, row in enumerate(hub)]
 
 
 def select(rows: list[dict], domain: str) -> list[dict]:

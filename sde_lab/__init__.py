@@ -28,11 +28,11 @@ if _MISSING:
     raise ImportError(f"sde_lab needs {', '.join(_MISSING)}: pip install 'pgpo-toolkit[sde]' (from a clone: "
                       f"pip install -e '.[sde]'; everything: '.[all]')")
 
-from sde_lab import catalog
+from sde_lab import catalog, sme  # the module, callable as its function sme (sde_lab/sme.py)
 from sde_lab.adaptive import Adaptive, AdaptiveProcess, adaptive_sde
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.problem import Problem
-from sde_lab.sme import SDEModel, sme
+from sde_lab.sme import SDEModel
 from sde_lab.weak_error import WeakErrorResult, weak_error
 
 __all__ = ["Problem", "catalog", "DiscreteProcess", "SDEModel", "sme", "weak_error", "WeakErrorResult", "Adaptive",

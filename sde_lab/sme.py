@@ -26,6 +26,8 @@ measure).
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -210,3 +212,15 @@ def _minibatch_sme(problem: Problem, eta: float, multiplier: Multiplier, order: 
 
     batches = problem.batches(problem.x0[None, :])[0].shape[1]
     return SDEModel(declared.name, declared.claimed_order(multiplier), mean_drift, diffusion, batches)
+
+
+class _CallableModule(types.ModuleType):
+    """`sde_lab.sme` is both this module and, called, its function `sme`: `sde_lab.sme(problem, eta)` builds an
+    SDE and `sde_lab.sme.models_and_orders()` lists them all (a function of the package's namespace would
+    otherwise hide the module's other names)."""
+
+    def __call__(self, *args, **kwargs) -> SDEModel:
+        return sme(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -84,7 +84,7 @@ def test_tests_mirror_the_packages():
     for package in PACKAGES:
         assert list((ROOT / "tests" / package).glob("test_*.py")), f"tests/{package}/ holds no tests"
     loose = [p.name for p in (ROOT / "tests").glob("test_*.py")]
-    assert set(loose) <= {"test_layout.py", "test_notebooks.py"}, loose
+    assert set(loose) <= {"test_layout.py", "test_notebooks.py", "test_docs.py"}, loose
 
 
 # the development notes and the published data live beside the project, not in it: a user has neither

@@ -1,6 +1,7 @@
 """`python -m llm_runs smoke --shape qwen3-8b [--layers K] [--steps N] [--engine hf]`: full training steps on a
 randomly initialised model of the real shape — no weights, no internet — printing peak memory,
-tokens/s and seconds per stage. `--shape tiny` is the CPU test's version.
+tokens/s and seconds per stage. `--shape tiny` is the CPU test's version. The real shape is meant for a GPU:
+with `--device auto` (the default) and no CUDA device it is refused; `--device cpu` runs it anyway.
 
 The model's config is written to a folder with the locally trained tokenizer (whose ids are a small
 part of the 151 936-entry vocabulary; decoding skips the rest), and the trainer builds the weights
@@ -16,16 +17,14 @@ import tempfile
 from pathlib import Path
 
 from llm_runs import tiny
-from llm_runs.config import load
+from llm_runs.build import QWEN3_8B
+from llm_runs.config import ConfigError, load
 from llm_runs.metrics import STAGES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "toy_science"
 
 SHAPES = {
-    # Qwen/Qwen3-8B's config.json: 8,190,735,360 parameters (counted in the tests); transformers' defaults differ
-    "qwen3-8b": dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
-                     rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False),
+    "qwen3-8b": QWEN3_8B,
     "tiny": dict(vocab_size=tiny.VOCAB_SIZE, **tiny.SHAPE, max_position_embeddings=tiny.MAX_POSITIONS,
                  tie_word_embeddings=False),
 }
@@ -53,8 +52,14 @@ def write_shape(out: Path, shape: str, layers: int | None) -> Path:
 def run(shape: str = "qwen3-8b", layers: int | None = None, steps: int = 3, engine: str = "hf", prompts: int = 2,
         samples: int = 2, response_tokens: int = 128, micro_batch: int = 2, dtype: str = "bfloat16",
         teacher: str = "live", device: str = "auto", overrides: tuple = ()) -> dict:
+    import torch
+
     from llm_runs.trainer import Trainer
 
+    if shape == "qwen3-8b" and device == "auto" and not torch.cuda.is_available():
+        raise ConfigError("smoke --shape qwen3-8b: no CUDA device is visible, and the real shape on a CPU takes "
+                          "minutes and ~14 GiB for one decoder layer; to run it there anyway, say so: --device cpu "
+                          "(e.g. --layers 1 --steps 1 --response-tokens 16 --device cpu, docs/scaling.md)")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_shape(Path(tmp) / "model", shape, layers)
         config = load(None, [f"model.path={model_dir}", "model.random_init=true", f"model.dtype={dtype}",
