@@ -18,6 +18,7 @@ from pathlib import Path
 from llm_runs.checkpoint import StorageError
 from llm_runs.config import ConfigError, load, load_for_resume
 from llm_runs.data import DataError
+from llm_runs.preemption import PREEMPTED, Preempted
 from llm_runs.experiment import config as _experiment_sections  # noqa: F401  registers `warm_start:` for every command
 
 
@@ -48,7 +49,6 @@ def _train(args) -> int:
 
     from llm_runs.build import run_name
     from llm_runs.hold import RunHold
-    from llm_runs.preemption import PREEMPTED, Preempted
     from llm_runs.trainer import Trainer
 
     _quiet_loading(args)
@@ -371,6 +371,8 @@ def main(argv=None) -> int:
                 "warm-start": _warm_start, "compare": _compare, "plan": _plan}[args.command](args)
     except (ConfigError, DataError) as err:  # bad input: one line naming the key, file or field, never a traceback
         parser.exit(2, f"error: {err}\n")
+    except Preempted as stop:  # a run inside another command (the demo's): checkpoint written, resumable
+        parser.exit(PREEMPTED, f"{stop} (exit code {PREEMPTED})\n")
     except OSError as err:
         if isinstance(err, StorageError):
             parser.exit(2, f"error: {err.strerror}\n")
