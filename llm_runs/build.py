@@ -13,7 +13,8 @@ import torch
 
 from llm_runs import model_files, parallel
 from llm_runs.config import ConfigError, RunConfig
-from llm_runs.data import load_hub, load_split
+from llm_runs.data import load_split
+from llm_runs.sciknoweval import load_hub
 from llm_runs.rollout import HFEngine
 from llm_runs.rollout.replay import ReplayEngine
 

@@ -106,24 +106,6 @@ def load_split(path: str | Path, limit: int | None = None) -> list[Example]:
     return examples
 
 
-def load_hub(name: str, domain: str | None = None, split: str = "train") -> list[Example]:
-    """A split cut from the hub, in memory: `hicai-zju/SciKnowEval` and a domain, cut as SDPO's authors did
-    (`llm_runs.sciknoweval`; needs the `hub` extra and internet). `python -m llm_runs data sciknoweval`
-    writes the same splits to files once, which is what the configs read."""
-    from llm_runs import sciknoweval
-
-    if name != sciknoweval.HUB_ID:
-        raise DataError(f"data.hub: only {sciknoweval.HUB_ID!r} is understood, got {name!r}; for another dataset "
-                        f"write split files (JSON lines with idx, prompt, answer, system) and set data.train / data.test")
-    if domain not in sciknoweval.DOMAINS:
-        raise DataError(f"data.hub_domain must be one of {sciknoweval.DOMAINS}, got {domain!r}")
-    if split not in ("train", "test"):
-        raise DataError(f"split must be 'train' or 'test', got {split!r}")
-    rows = sciknoweval.splits(domain)[split]
-    return [Example(r["idx"], r["prompt"], r["answer"], r["system"], f"{name}/{domain}/{split}:{i}")
-            for i, r in enumerate(rows)]
-
-
 def question_of(example: Example) -> str:
     """The question without SDPO's trailing instruction (the boxed template adds its own)."""
     text = example.prompt.rstrip()

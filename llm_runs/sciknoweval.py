@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_runs.data import DataError
+from llm_runs.data import DataError, Example
 
 HUB_ID = "hicai-zju/SciKnowEval"
 DOMAINS = ("biology", "chemistry", "material", "physics")
@@ -151,3 +151,19 @@ def _get(mapping, key: str, row: dict | None = None):
     if not isinstance(mapping, dict) or key not in mapping:
         raise SourceError(f"{where}: field {key!r} is missing (is this {HUB_ID}'s schema?)")
     return mapping[key]
+
+
+def load_hub(name: str, domain: str | None = None, split: str = "train") -> list[Example]:
+    """A split cut from the hub, in memory: `hicai-zju/SciKnowEval` and a domain, cut as SDPO's authors did
+    (needs the `hub` extra and internet). `python -m llm_runs data sciknoweval`
+    writes the same splits to files once, which is what the configs read."""
+    if name != HUB_ID:
+        raise DataError(f"data.hub: only {HUB_ID!r} is understood, got {name!r}; for another dataset "
+                        f"write split files (JSON lines with idx, prompt, answer, system) and set data.train / data.test")
+    if domain not in DOMAINS:
+        raise DataError(f"data.hub_domain must be one of {DOMAINS}, got {domain!r}")
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
+    rows = splits(domain)[split]
+    return [Example(r["idx"], r["prompt"], r["answer"], r["system"], f"{name}/{domain}/{split}:{i}")
+            for i, r in enumerate(rows)]

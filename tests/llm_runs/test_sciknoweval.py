@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from llm_runs import sciknoweval
-from llm_runs.data import DataError, load_hub, load_split
+from llm_runs.data import DataError, load_split
+from llm_runs.sciknoweval import load_hub
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLISHED = ROOT.parent / "shared" / "data" / "sciknoweval"  # the published splits, beside the project in CI
