@@ -41,9 +41,10 @@ def test_a_shipped_config_loads_by_name_from_any_directory(tmp_path, monkeypatch
 
 def test_a_file_beside_shadows_the_shipped_config_of_that_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    assert load("tiny_cpu").pgpo.alpha == 1.0  # none here: the shipped config
     (tmp_path / "tiny_cpu.yaml").write_text("pgpo:\n  alpha: 7.0\n")
     assert load("tiny_cpu.yaml").pgpo.alpha == 7.0  # the user's file, not the shipped one
-    assert load("tiny_cpu").pgpo.alpha == 1.0  # no such file without the suffix: the shipped config
+    assert load("tiny_cpu").pgpo.alpha == 7.0  # the bare name too: a file here wins over the shipped config
 
 
 def test_relative_paths_are_read_from_the_working_directory_then_the_package(tmp_path, monkeypatch):

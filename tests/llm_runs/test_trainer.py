@@ -614,7 +614,8 @@ def test_an_export_that_fails_leaves_no_partial_folder(tiny_model_dir, tmp_path,
 
 @pytest.mark.slow
 def test_a_full_disk_while_logging_is_one_clean_error_naming_the_log(tiny_model_dir, small_disk):
-    (small_disk / "filler").write_bytes(b"\0" * (4 * 2**20 - 8 * 2**10))  # 8 KiB left: config.yaml fits, rows soon don't
+    # 12 KiB left: the run's hold (RUN/.hold) and config.yaml fit, a block each; rows soon don't
+    (small_disk / "filler").write_bytes(b"\0" * (4 * 2**20 - 12 * 2**10))
     code, err = _train_cli(tiny_model_dir, small_disk, "train.steps=40", "train.checkpoint_every=0")
     last = err.strip().splitlines()[-1]
     assert code == 2 and "Traceback" not in err, err[-3000:]
