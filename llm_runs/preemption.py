@@ -94,10 +94,11 @@ class StopWatch:
         now = time.monotonic()
         due = self.checkpoint_s is not None and now - self.last_save >= self.checkpoint_s
         ending = self.end_time is not None and self.end_time - time.time() < self.step_s + self.save_s + self.margin
-        flags = torch.tensor([float(self.signal is not None), float(due), float(ending)], device=self.device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        stop = self.signal is not None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # one process: no device sync
+            flags = torch.tensor([float(stop), float(due), float(ending)], device=self.device)
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)  # the one collective
-        stop, due, ending = (bool(x) for x in flags.tolist())
+            stop, due, ending = (bool(x) for x in flags.tolist())
         if stop:
             name = signal.Signals(self.signal).name if self.signal is not None else "a signal to another rank"
             return name, True

@@ -494,8 +494,9 @@ class Trainer:
     def _timed_save(self, clock: StopWatch) -> float:
         started = time.monotonic()
         self.save()
-        clock.saved(time.monotonic() - started)
-        return time.monotonic() - started
+        seconds = time.monotonic() - started
+        clock.saved(seconds)
+        return seconds
 
     # -- checkpoint / resume ------------------------------------------------------------------
 

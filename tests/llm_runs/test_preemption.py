@@ -88,7 +88,7 @@ def test_a_signal_to_one_rank_stops_both_together_with_one_checkpoint(tiny_model
     os.kill(ranks[1], signal.SIGUSR1)
     _, err = launcher.communicate(timeout=300)
     assert launcher.returncode != 0  # torchrun reports its workers' exit code 75 as a failure
-    assert err.count(f"(SIGUSR1)") + err.count("(a signal to another rank)") == 2, err[-3000:]
+    assert err.count("(SIGUSR1)") + err.count("(a signal to another rank)") == 2, err[-3000:]
     done = _rows_written(run)
     assert 2 <= done < 30
     latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
