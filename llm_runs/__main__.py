@@ -11,12 +11,11 @@ import argparse
 import errno
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 from llm_runs.checkpoint import StorageError
-from llm_runs.config import ConfigError, load, load_for_resume
+from llm_runs.config import ConfigError, load
 from llm_runs.data import DataError
 from llm_runs.preemption import PREEMPTED, Preempted
 from llm_runs.experiment import config as _experiment_sections  # noqa: F401  registers `warm_start:` for every command
@@ -31,70 +30,32 @@ def _quiet_loading(args) -> None:
         hf_logging.disable_progress_bar()
 
 
-def check_new_run_dir(run_dir: Path) -> None:
-    """Refuse to start a run in a folder that holds a run, or that holds anything else (it would be overwritten)."""
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists() and metrics.stat().st_size:
-        raise ConfigError(f"{run_dir} already holds a run: use --resume {run_dir}, or set train.run_name")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} is a file, not a run folder: set train.run_name or train.output_dir")
-    ours = ("config.yaml", "base_model", ".hold")  # a run stopped before its first step has one of them
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not any((run_dir / name).exists() for name in ours):
-        raise ConfigError(f"{run_dir} exists and is not a run folder (no config.yaml): its files would be "
-                          f"overwritten; set train.run_name or train.output_dir")
-
-
 def _train(args) -> int:
-    from contextlib import nullcontext
-
+    from llm_runs import lifecycle
     from llm_runs.build import run_name
-    from llm_runs.hold import RunHold
-    from llm_runs.trainer import Trainer
 
     _quiet_loading(args)
-
     if args.resume and args.config:
         raise ConfigError(f"--resume {args.resume} reads the run's own config.yaml: --config {args.config} would be "
                           f"ignored; drop it (a resume may change some settings as section.key=value)")
     # rank 0 checks and holds the folder for the job (under torchrun the other ranks may find it started
     # already); a RANK left in the environment of a single process does not count
     lead = int(os.environ.get("WORLD_SIZE", "1")) == 1 or os.environ.get("RANK", "0") == "0"
+    progress = not args.no_progress
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run folder)")
+        code = lifecycle.start(run_dir, resume_overrides=args.overrides, progress=progress, lead=lead)
     else:
         if args.config is None:
             raise ConfigError("train needs --config PATH (or --resume RUN_DIR)")
         config = load(args.config, args.overrides)
         run_dir = Path(config.train.output_dir) / run_name(config, args.config)
-        if lead:
-            check_new_run_dir(run_dir)
-    fresh = not args.resume and not run_dir.exists()
-    from llm_runs import parallel
-
-    try:
-        with RunHold(run_dir) if lead else nullcontext():  # a live run holds its folder: no second process trains in it
-            if args.resume:
-                config = load_for_resume(run_dir, args.overrides)  # refuses changes that make it another experiment
-                trainer = Trainer(config, run_dir, progress=not args.no_progress)
-                if not trainer.resume():
-                    print(f"{run_dir}: no checkpoint yet, starting from step 0", file=sys.stderr)
-            else:
-                trainer = Trainer(config, run_dir, progress=not args.no_progress)
-            run_dir = trainer.train()  # closes the rollout engine at the end
-    except Preempted as stop:  # every rank agreed on it and wrote its part of the checkpoint
-        trainer.close()
-        parallel.finish()
-        print(f"{run_dir}: {stop} (exit code {PREEMPTED})", file=sys.stderr)
-        return PREEMPTED
-    except BaseException:
-        if fresh and lead and not (run_dir / "metrics.jsonl").exists():  # it never trained: leave no folder behind
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    parallel.finish()
-    print(f"run folder: {run_dir}  (metrics: {run_dir / 'metrics.jsonl'})")
-    return 0
+        code = lifecycle.start(run_dir, config, progress=progress, lead=lead)
+    if code == 0:
+        print(f"run folder: {run_dir}  (metrics: {run_dir / 'metrics.jsonl'})")
+    return code
 
 
 def _eval(args) -> int:
@@ -199,6 +160,15 @@ def _smoke(args) -> int:
     return 0
 
 
+def _bench_checkpoint(args) -> int:
+    from llm_runs.tools.bench_checkpoint import report, run
+
+    result = run(args.shape, args.layers, args.repeats, args.dtype, args.device, args.out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(report(result))
+    return 0
+
+
 def _plan(args) -> int:
     from llm_runs.tools.plan import Assumptions, grid, grid_report, plan, report
 
@@ -239,7 +209,8 @@ def _demo(args) -> int:
 
 
 def _compare(args) -> int:
-    from llm_runs.compare import compare, save_figure, table
+    from llm_runs.compare import compare
+    from llm_runs.report import save_figure, table
 
     data = compare(args.runs)
     print(table(data))
@@ -303,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--topk", type=int, default=100, help="the loss's support: the student's top-k (default 100)")
     bl.add_argument("--chunk-size", type=int, help="positions per chunk (default: 128 MiB of float32 logits)")
     bl.add_argument("--json", help="append every case's record to this JSON-lines file")
+    bc = sub.add_parser("bench-checkpoint", help="a sharded run's checkpoint: DCP shards against a gather to rank 0, "
+                                                 "seconds and peak memory")
+    bc.add_argument("--shape", default="qwen3-8b", choices=["qwen3-8b", "tiny"], help="the model's shape (default qwen3-8b)")
+    bc.add_argument("--layers", type=int, help="keep the first K decoder layers (default: all)")
+    bc.add_argument("--repeats", type=int, default=3, help="saves of each kind, alternating (default 3)")
+    bc.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="weights' dtype (default bfloat16)")
+    bc.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA, and the real shape is refused without it")
+    bc.add_argument("--out", help="where to write (a shared folder for several nodes; default: a temporary folder)")
     smoke = sub.add_parser("smoke", help="full steps on a random model of the real shape (no weights needed)")
     smoke.add_argument("--shape", default="qwen3-8b", choices=["qwen3-8b", "tiny"], help="the model's shape (default qwen3-8b)")
     smoke.add_argument("--layers", type=int, help="keep the first K decoder layers (default: all)")
@@ -367,7 +346,8 @@ def main(argv=None) -> int:
     if rest:
         args.overrides = [*args.overrides, *rest]
     try:
-        return {"data": _data, "train": _train, "eval": _eval, "bench": _bench, "bench-loss": _bench_loss, "smoke": _smoke, "demo": _demo,
+        return {"data": _data, "train": _train, "eval": _eval, "bench": _bench, "bench-loss": _bench_loss, "smoke": _smoke, "bench-checkpoint": _bench_checkpoint,
+                "demo": _demo,
                 "warm-start": _warm_start, "compare": _compare, "plan": _plan}[args.command](args)
     except (ConfigError, DataError) as err:  # bad input: one line naming the key, file or field, never a traceback
         parser.exit(2, f"error: {err}\n")
@@ -378,6 +358,8 @@ def main(argv=None) -> int:
             parser.exit(2, f"error: {err.strerror}\n")
         if err.errno in (errno.ENOSPC, errno.EDQUOT):  # a log or result file on a full disk
             parser.exit(2, f"error: no space left on the device while writing {err.filename or 'a file'}\n")
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and err.filename:  # a result into a read-only place
+            parser.exit(2, f"error: cannot write {err.filename} ({err.strerror})\n")
         raise
 
 

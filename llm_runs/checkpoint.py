@@ -247,3 +247,45 @@ def load_sharded(path: Path, model, optimizer, teacher_model, rank: int) -> dict
 
 def is_sharded(path: Path) -> bool:
     return (Path(path) / "dcp").is_dir()
+
+
+# ---------------------------------------------------------------------------------------------
+# a run's parts from a checkpoint (either kind)
+
+
+def restore(path: Path, parts, lora: bool, rank: int, world: int, check) -> dict:
+    """Fill `parts` (the trainer's: `model`, `optimizer`, `scheduler`, `teacher`, `sampler`, `device`) from the
+    checkpoint at `path`, sharded or not; `check(run record)` is called before the optimizer, schedule, teacher
+    and sampler are touched, and may refuse. Returns the checkpoint's run record."""
+    if is_sharded(path) or world > 1:
+        state = load_sharded(path, parts.model, parts.optimizer, parts.teacher.model, rank)
+        check(state["run"])
+        parts.scheduler.load_state_dict(state["scheduler"])
+        parts.sampler.load_state_dict(state["sampler"])
+        return state["run"]
+    from safetensors.torch import load_file
+
+    from llm_runs import model_files
+
+    files = sorted(path.glob("*.safetensors"))
+    for file in files:  # damaged weights: the file named, not a header error
+        model_files.open_safetensors(file)
+    if lora:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(parts.model, load_file(path / "adapter_model.safetensors", device=str(parts.device)))
+    else:
+        weights = {}
+        for file in files:
+            weights.update(load_file(file, device=str(parts.device)))
+        missing, unexpected = parts.model.load_state_dict(weights, strict=False)
+        if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
+            raise RuntimeError(f"checkpoint {path}: missing {missing}, unexpected {unexpected}")
+    state = read_state(path / STATE)
+    check(state["run"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    parts.teacher.load_state_dict(state["teacher"])
+    parts.sampler.load_state_dict(state["sampler"])
+    set_rng_state(state["rng"])
+    return state["run"]

@@ -331,6 +331,7 @@ REGISTRY: dict[str, Check] = {
         slow("TRL", runs="python -m llm_runs bench --peer trl --config llm_runs/configs/tiny_cpu.yaml "
                          "--steps 1 --repeats 1"),
     "python -m llm_runs bench-loss --lengths 1024": slow("chunked", "plain"),
+    "python -m llm_runs bench-checkpoint --shape tiny --device cpu": slow('"gather_over_dcp"', '"dcp"'),
     # its default lengths, 1 024 to 8 192, take 11 min here: the README's own shorter line
     "python -m llm_runs bench-loss": slow("chunked", "plain", runs="python -m llm_runs bench-loss --lengths 1024"),
     "MLFLOW_TRACKING_URI=mlruns MLFLOW_ALLOW_FILE_STORE=true python -m llm_runs train --config tiny_cpu "
@@ -369,6 +370,9 @@ REGISTRY: dict[str, Check] = {
     "python -m llm_runs smoke --shape qwen3-8b --steps 1 --prompts 4 --samples 4 --response-tokens 256 "
     "--micro-batch 4 --device cuda": hub("no GPU is visible"),
     "python -m llm_runs bench-loss --device cuda": hub("no CUDA device is visible"),
+    "torchrun --nproc_per_node 8 -m llm_runs bench-checkpoint --shape qwen3-8b": hub("no CUDA device is visible",
+                                                                                   slow=True),
+    "python -m llm_runs bench-checkpoint --shape qwen3-8b --layers 4": hub("no CUDA device is visible"),
     # the loops launch 48 runs each: their first one here (test_loops_name_shipped_configs checks the rest)
     "for seed in 0 1 2; do for config in llm_runs/configs/qwen3_8b_*.yaml; do torchrun --nproc_per_node 8 -m llm_runs "
     'train --config "$config" --no-progress train.seed=$seed done done':

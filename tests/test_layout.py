@@ -52,6 +52,63 @@ def test_the_sde_lab_library_never_imports_its_studies():
     assert not offenders
 
 
+def top_level_imports(path: Path, package: str) -> set[str]:
+    """The `package` modules `path` imports when it is itself imported (module level: no lazy imports, no
+    `if TYPE_CHECKING:` blocks), as dotted names of modules."""
+    found = set()
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith(package)}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith(package):
+            found |= {f"{node.module}.{a.name}" if (ROOT / node.module.replace(".", "/") / f"{a.name}.py").exists()
+                      else node.module for a in node.names}
+    return found
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_two_modules_import_each_other_at_import_time(package):
+    """The import graph at import time is acyclic (a cycle works only while its import order holds)."""
+    graph = {module_name(p): {m for m in top_level_imports(p, package) if m != module_name(p)}
+             for p in modules_of(ROOT / package)}
+    done, cycle = set(), []
+
+    def visit(node, trail):
+        if node in trail:
+            cycle.append(trail[trail.index(node):] + [node])
+            return
+        if node in done or node not in graph:
+            return
+        for nxt in graph[node]:
+            if not cycle:
+                visit(nxt, trail + [node])
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node, [])
+    assert not cycle, " → ".join(cycle[0])
+
+
+def test_no_llm_runs_module_does_five_jobs():
+    """A module of more than 400 lines is cut along its jobs (the trainer keeps the step; the run's life, the
+    run's parts, the schema and compare's rendering each have a module)."""
+    long = {str(p.relative_to(ROOT)): n for p in modules_of(ROOT / "llm_runs")
+            for n in [len(p.read_text().splitlines())] if n > 400}
+    assert not long
+
+
+def test_the_trainer_receives_its_parts_and_builds_none():
+    """From the command line down to the step the way only goes down: `llm_runs.parts` builds, the trainer
+    takes what it is handed, and the run's life (`llm_runs.lifecycle`) never reaches back into building."""
+    trainer = imported_modules(ROOT / "llm_runs" / "trainer.py")
+    assert "llm_runs.build" not in trainer and "llm_runs.parts" in trainer
+    assert not {"llm_runs.build", "llm_runs.parts"} & imported_modules(ROOT / "llm_runs" / "lifecycle.py")
+
+
 def layout_rows() -> dict[str, str]:
     """{path: description} from the README's "Layout" table."""
     text = (ROOT / "README.md").read_text()

@@ -108,7 +108,7 @@ def test_every_field_has_one_docstring_and_carries_its_allowed_values():
     from llm_runs.config import RunConfig, _hints
     from llm_runs.experiment.config import DemoConfig
 
-    rows = [r for p in ("config.py", "experiment/config.py") for r in _fields_and_docstrings(ROOT / "llm_runs" / p)]
+    rows = [r for p in ("schema.py", "experiment/config.py") for r in _fields_and_docstrings(ROOT / "llm_runs" / p)]
     assert len(rows) > 70 and [f"{c}.{f}" for c, f, _, doc in rows if not doc] == []
     # the choices live on the fields: every str field with a fixed set of values is a Literal
     choices = {f"{c}.{f}": a for c, f, a, _ in rows if a.startswith("Literal[")}

@@ -130,13 +130,49 @@ def test_every_command_line_option_says_what_it_does():
 
 def test_a_gpu_config_on_a_cpu_says_what_it_will_cost_before_loading(tmp_path, capsys, monkeypatch):
     """The paper's config where no GPU is seen: the warning comes before the load (stopped here: no hub)."""
-    from llm_runs import trainer
+    from llm_runs import parts, trainer
     from tests.llm_runs.test_trainer import config
 
     def no_hub(*args):
         raise RuntimeError("the load would start here")
 
-    monkeypatch.setattr(trainer, "model_source", no_hub)
+    monkeypatch.setattr(parts, "model_source", no_hub)
     with pytest.raises(RuntimeError, match="the load would start here"):
         trainer.Trainer(config("Qwen/Qwen3-8B", tmp_path, "train.device=cpu"), tmp_path / "r", progress=False)
     assert "warning: 8.2 B parameters on the CPU" in capsys.readouterr().err
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A real file system mounted read-only (a tmpfs): what a run meets on a scratch space remounted read-only.
+    `make_run_folder()` writes a run's config.yaml there first (the mount is then made read-only)."""
+    import subprocess
+    import yaml
+
+    where = tmp_path / "ro"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip("cannot mount a file system here (needs root, as in CI)")
+
+    def read_only(run: str | None = None):
+        if run is not None:
+            (where / run).mkdir()
+            (where / run / "config.yaml").write_text(yaml.safe_dump(load("tiny_cpu").to_dict()))
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        return where
+
+    yield read_only
+    subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_read_only_run_folder_is_one_error_line_before_any_loading(read_only_mount, capsys, resume):
+    where = read_only_mount("run" if resume else None)
+    args = ["train", "--resume", str(where / "run")] if resume else ["train", "--config", "tiny_cpu",
+                                                                      f"train.output_dir={where}"]
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--no-progress"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert err.count("error:") == 1 and "cannot be written (Read-only file system)" in err
+    assert "loading" not in err  # refused before the data or the model

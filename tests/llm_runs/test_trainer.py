@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -450,7 +451,7 @@ def test_a_validation_that_fails_never_costs_the_checkpoint_of_its_step(tiny_mod
     def out_of_memory():
         raise torch.OutOfMemoryError("a 41 GB allocation during validation")
 
-    faulty.validate = out_of_memory  # this instance only: the fault, not the code under test
+    faulty.life.validate = out_of_memory  # this run only: the fault, not the code under test
     with pytest.raises(torch.OutOfMemoryError):
         faulty.train()
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-000002"
@@ -620,3 +621,17 @@ def test_a_full_disk_while_logging_is_one_clean_error_naming_the_log(tiny_model_
     last = err.strip().splitlines()[-1]
     assert code == 2 and "Traceback" not in err, err[-3000:]
     assert last == f"error: no space left on the device while writing {small_disk / 'r' / 'metrics.jsonl'}: free some space and resume"
+
+
+@pytest.mark.slow
+def test_a_resumed_run_says_which_steps_it_redoes_and_shows_each_step_once(two_step_run):
+    """Killed after step 3 was logged but before its checkpoint: the resume says that step 3 is redone, shows
+    steps 3 and 4 only (not the rows of steps 1–2 again), and the log holds each step once."""
+    rows = (two_step_run / "metrics.jsonl").read_text()
+    (two_step_run / "metrics.jsonl").write_text(rows + json.dumps({"step": 3, "loss": 0.5}) + "\n")
+    code, err = _cli("train", "--resume", str(two_step_run), "--no-progress", "train.steps=4")
+    assert code == 0, err[-2000:]
+    assert "resumed from step-000002 (step 2); steps 3–3, logged after it, are redone and shown again" in err
+    shown = re.findall(r" step (\d+)/4 ", err)
+    assert shown == ["3", "4"], err
+    assert [r["step"] for r in run_rows(two_step_run / "metrics.jsonl")] == [1, 2, 3, 4]

@@ -42,14 +42,14 @@ def crashed_and_resumed(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("watched")
     c = config(tiny_model_dir, out, "train.run_name=r", "train.report_to=tensorboard")
     first = Trainer(c, out / "r", progress=False)
-    log = first._log
+    log = first.life._log
 
     def log_then_die(row):
         log(row)
         if row["step"] == 3:
             raise RuntimeError("killed")
 
-    first._log = log_then_die
+    first.life._log = log_then_die
     with pytest.raises(RuntimeError, match="killed"):
         first.train()
     before = rows(out / "r")
