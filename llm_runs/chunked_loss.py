@@ -138,14 +138,14 @@ def _chunk(plan: _Plan, rows: slice, z: torch.Tensor, teacher_logits, want_grad:
     full = exact.full_vocabulary(plan.topk, vocabulary)
     if full:
         top = None
-        shift = exact.finite_or_zero(z.amax(-1)).double()
+        shift = exact.row_shift(z.amax(-1)).double()
         a = z.double() - shift[:, None]
         log_z = exact.log_normaliser(a)
     else:
         k = plan.topk
         values, index = z.topk(k + 1, dim=-1)
-        top, shift = index[:, :k], exact.finite_or_zero(values[:, 0]).double()
-        tail_shift = exact.finite_or_zero(values[:, k])
+        top, shift = index[:, :k], exact.row_shift(values[:, 0]).double()
+        tail_shift = exact.row_shift(values[:, k])
         tau = (z - tail_shift[:, None]).exp_().scatter_(1, top, 0.0)  # exp(z − max outside the top-k), 0 on it
         tail_sum = tau.sum(-1).double()
         tail = (tail_shift.double() - shift) + tail_sum.log()
@@ -163,7 +163,7 @@ def _chunk(plan: _Plan, rows: slice, z: torch.Tensor, teacher_logits, want_grad:
     weights = plan.is_weights[rows].double() if plan.is_weights is not None else None
     if plan.sampler_logprobs is not None:
         weights = exact.importance_weights(plan.token_logprobs[rows], plan.sampler_logprobs[rows], plan.is_cap)
-    coefficients = plan.coefficients[rows] if weights is None else plan.coefficients[rows] * weights
+    coefficients = exact.weigh(plan.coefficients[rows], weights)
     plan.information[rows] = divergence_of(log_p, log_q, plan.divergence)
     plan.jsd[rows] = divergence_of(log_p, log_q, "jsd")
     if not want_grad:
@@ -196,14 +196,14 @@ def _entropy_in_place(z: torch.Tensor, shift: torch.Tensor, log_z: torch.Tensor)
 
 def _teacher_support_in_place(y: torch.Tensor, top: torch.Tensor | None, add_tail: bool) -> torch.Tensor:
     """`llm_runs.loss.teacher_support` on a chunk, overwriting y."""
-    shift = exact.finite_or_zero(y.amax(-1)).double()
+    shift = exact.row_shift(y.amax(-1)).double()
     if top is None:
         return y.double() - shift[:, None]
     gathered = y.gather(1, top).double() - shift[:, None]
     if not add_tail:
         return gathered
     y.scatter_(1, top, exact.NEG_INF)
-    tail_shift = exact.finite_or_zero(y.amax(-1))
+    tail_shift = exact.row_shift(y.amax(-1))
     tail = (tail_shift.double() - shift) + y.sub_(tail_shift[:, None]).exp_().sum(-1).double().log()
     return torch.cat([gathered, tail[:, None]], -1)
 
@@ -270,8 +270,17 @@ def chunked_self_distillation_loss(student_hidden: torch.Tensor, student_head: t
         chunk_size: positions per chunk (default: one (n, V) float32 buffer of 128 MiB at most).
 
     Equal to `self_distillation_loss` on the logits h·Wᵀ (+ b), with at most one chunk of (n, V) float32
-    logits alive at a time (a few buffers of that size within the chunk).
+    logits alive at a time (a few buffers of that size within the chunk). Non-finite input gives a non-finite
+    loss, gradient and metrics as there (NaN in the hidden states or a head's weights is NaN in the logits);
+    meta and complex tensors and a bad `is_cap` are refused as there.
     """
+    exact.check_tensors(student_hidden=student_hidden, teacher_hidden=teacher_hidden, response_mask=response_mask,
+                        sample_mask=sample_mask, response_ids=response_ids, sampler_logprobs=sampler_logprobs,
+                        is_weights=is_weights,
+                        **{f"{side}_head.{k}": getattr(head, k, None) for side, head in (("student", student_head),
+                                                                                         ("teacher", teacher_head))
+                           for k in ("weight", "bias")})
+    is_cap = exact.check_cap(is_cap)
     if student_hidden.dim() != 3 or teacher_hidden.shape[:2] != student_hidden.shape[:2]:
         raise ValueError(f"student and teacher hidden states must be (B, T, ·) alike, got "
                          f"{tuple(student_hidden.shape)} and {tuple(teacher_hidden.shape)}")

@@ -17,6 +17,14 @@ in float64 from the logits (the support has k + 1 entries: this costs nothing ne
 the only reductions over the vocabulary in float32 are the tail's sum of exponentials and the
 entropy's sum of non-negative terms, neither of which cancels.
 
+Non-finite input propagates: a NaN or +inf logit anywhere in a row (student's or teacher's, in the top-k or
+in the tail, also where the top-k alone are kept), or a NaN or ±inf in a mask, an importance weight or a
+sampler log-probability, at a position that counts, makes the loss, its gradient and the metric pairs NaN
+(or ±inf), never a finite number: the trainer's non-finite guard must see a broken forward. It is carried
+by the arithmetic (`row_shift`, NaN-aware supports in `pgpo.divergence`), with no host sync. −inf logits
+are zero mass (a masked vocabulary), as always; positions that do not count (padding, sequences without a
+teacher) may hold anything.
+
 Two implementations share this arithmetic: `self_distillation_loss` below takes the logits and lets
 autograd differentiate it (the reference); `llm_runs.chunked_loss` takes the final hidden states and the
 output head, never holds more than one chunk of logits, and is what the trainer uses by default.
@@ -24,6 +32,7 @@ output head, never holds more than one chunk of logits, and is what the trainer 
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +42,7 @@ from pgpo.information import aggregate
 from pgpo.information import divergence as divergence_of
 
 NEG_INF = float("-inf")
+NAN = float("nan")
 
 
 @dataclass
@@ -61,9 +71,11 @@ def full_vocabulary(topk: int | None, vocabulary: int) -> bool:
     return topk is None or topk >= vocabulary
 
 
-def finite_or_zero(x: torch.Tensor) -> torch.Tensor:
-    """A shift for exp(): a row whose entries are all −inf has no maximum to subtract."""
-    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+def row_shift(x: torch.Tensor) -> torch.Tensor:
+    """A shift for exp() from a row's maximum `x`: 0 for a row whose entries are all −inf (no maximum to subtract),
+    NaN for a NaN or +inf maximum (a row holding one is no distribution: its NaN must reach the loss, even from
+    an entry that the support leaves out)."""
+    return torch.where(torch.isfinite(x), x, torch.where(x == NEG_INF, torch.zeros_like(x), torch.full_like(x, NAN)))
 
 
 def tail_logsumexp(logits: torch.Tensor, top: torch.Tensor, shift: torch.Tensor, relative_to: torch.Tensor) -> torch.Tensor:
@@ -73,7 +85,7 @@ def tail_logsumexp(logits: torch.Tensor, top: torch.Tensor, shift: torch.Tensor,
     `shift` is the largest logit outside `top`: exp never under- or overflows where it matters, and
     (shift − relative_to) + log Σ exp(logits − shift) keeps its digits at any magnitude.
     """
-    shift = finite_or_zero(shift.detach())
+    shift = row_shift(shift.detach())
     total = (logits.scatter(-1, top, NEG_INF) - shift[..., None]).exp().sum(-1).double()
     # no mass outside the top-k (−inf logits, a masked vocabulary): log 0 = −inf, and no 0/0 in backward
     empty = total == 0
@@ -85,11 +97,12 @@ def log_normaliser(a: torch.Tensor) -> torch.Tensor:
     """log Σ_s exp(a_s) over the last axis, (..., S) → (...), differentiable, exact where one entry dominates:
     with a* the largest entry, a* + log1p(Σ_{s ≠ s*} exp(a_s − a*)) — log1p keeps the digits that
     log(1 + tiny) rounds away (log p* of a confident token), and the shift is gathered at the argmax so
-    that its gradient goes to that entry alone, even at ties."""
+    that its gradient goes to that entry alone, even at ties. A row with no mass (all −inf) gives −inf, so that
+    normalising it gives NaN (no distribution), not an empty one."""
     top = a.detach().argmax(-1, keepdim=True)
-    shift = finite_or_zero(a.gather(-1, top))
-    rest = (a - shift).exp().scatter(-1, top, 0.0).sum(-1, keepdim=True)
-    return (shift + torch.log1p(rest))[..., 0]
+    largest = a.gather(-1, top)
+    rest = (a - row_shift(largest)).exp().scatter(-1, top, 0.0).sum(-1, keepdim=True)
+    return (largest + torch.log1p(rest))[..., 0]
 
 
 def normalise(a: torch.Tensor) -> torch.Tensor:
@@ -108,11 +121,11 @@ def student_support(logits: torch.Tensor, topk: int | None, add_tail: bool):
     their digits where absolute logits of a few hundred would lose them.
     """
     if full_vocabulary(topk, logits.shape[-1]):
-        shift = finite_or_zero(logits.detach().amax(-1)).double()
+        shift = row_shift(logits.detach().amax(-1)).double()
         a = logits.double() - shift[..., None]
         return None, a, shift, log_normaliser(a)
     values, index = logits.detach().topk(topk + 1, dim=-1)
-    top, shift = index[..., :topk], finite_or_zero(values[..., 0]).double()
+    top, shift = index[..., :topk], row_shift(values[..., 0]).double()
     tail = tail_logsumexp(logits, top, values[..., topk], shift)
     a = torch.cat([logits.gather(-1, top).double() - shift[..., None], tail[..., None]], -1)
     log_z = log_normaliser(a)
@@ -122,7 +135,7 @@ def student_support(logits: torch.Tensor, topk: int | None, add_tail: bool):
 def teacher_support(logits: torch.Tensor, top: torch.Tensor | None, add_tail: bool) -> torch.Tensor:
     """The teacher's unnormalised log-masses on the student's support: (..., V) → (..., S) float64,
     relative to the teacher's largest logit."""
-    shift = finite_or_zero(logits.amax(-1)).double()[..., None]
+    shift = row_shift(logits.amax(-1)).double()[..., None]
     if top is None:
         return logits.double() - shift
     gathered = logits.gather(-1, top).double() - shift
@@ -154,8 +167,13 @@ def entropy(logits: torch.Tensor, shift: torch.Tensor, log_z: torch.Tensor) -> t
 
 
 def importance_weights(trainer_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, cap: float = 2.0) -> torch.Tensor:
-    """w = min(exp(log π_train − log π_sampler), cap), detached: (B, T) ×2 → (B, T)."""
-    return torch.exp(trainer_logprobs.detach() - sampler_logprobs.detach().to(trainer_logprobs.dtype)).clamp(max=cap)
+    """w = min(exp(log π_train − log π_sampler), cap), detached: (B, T) ×2 → (B, T).
+
+    NaN where either log-probability is NaN or ±inf: the sampler drew the token, so its log-probability is finite,
+    and a broken one must not become the cap (−inf) or a zero weight (+inf) that hides it."""
+    sampler = sampler_logprobs.detach().to(trainer_logprobs.dtype)
+    w = torch.exp(trainer_logprobs.detach() - sampler).clamp(max=cap)
+    return torch.where(torch.isfinite(sampler), w, torch.full_like(w, NAN))
 
 
 def check_shapes(batch: int, length: int, response_mask, sample_mask, **per_token) -> None:
@@ -165,6 +183,35 @@ def check_shapes(batch: int, length: int, response_mask, sample_mask, **per_toke
     for name, value in per_token.items():
         if value is not None and value.shape != (batch, length):
             raise ValueError(f"{name} must be ({batch}, {length}) like response_mask, got {tuple(value.shape)}")
+
+
+def check_tensors(**named) -> None:
+    """Refuse, naming the argument, a tensor that has no values (meta) or complex ones; None is skipped."""
+    for name, value in named.items():
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch tensor, got {type(value).__name__}")
+        if value.is_meta:  # a shape without values: the loss would be a meta tensor, not a number
+            raise ValueError(f"{name} is a meta tensor (a shape without values); pass a tensor that holds data")
+        if value.is_complex():  # logits, masks and weights are real; a cast would drop the imaginary part silently
+            raise TypeError(f"{name} must hold real numbers, got {value.dtype}")
+
+
+def check_cap(is_cap) -> float:
+    """The importance weights' cap: a real number > 0 (+inf: no cap); NaN or ≤ 0 would hide every weight."""
+    if isinstance(is_cap, bool) or not isinstance(is_cap, numbers.Real) or not is_cap > 0:
+        raise ValueError(f"is_cap must be a number > 0, got {is_cap!r}")
+    return float(is_cap)
+
+
+def weigh(coefficients: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """c·w, and 0 where c = 0 whatever w holds there (padding, no teacher): a NaN weight counts only where its
+    token does."""
+    if weights is None:
+        return coefficients
+    weighted = coefficients * weights.detach().to(coefficients.dtype)
+    return torch.where(coefficients != 0, weighted, torch.zeros_like(weighted))
 
 
 def token_coefficients(response_mask: torch.Tensor, sample_mask: torch.Tensor) -> torch.Tensor:
@@ -216,7 +263,16 @@ def self_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.T
         response_ids: (B, T) the sampled tokens; gives `token_logprobs`.
         sampler_logprobs: (B, T) the rollout engine's log-probabilities of them; with `response_ids`, the
             importance weights are computed here (capped at `is_cap`) instead of being passed in.
+
+    Non-finite input (a NaN or +inf logit, a NaN or ±inf mask, weight or sampler log-probability at a position
+    that counts) gives a NaN (or ±inf) loss, gradient and metrics, never a finite number (the module docstring);
+    −inf logits are zero mass. Meta and complex tensors are refused (ValueError, TypeError), as is an `is_cap`
+    that is not a number > 0.
     """
+    check_tensors(student_logits=student_logits, teacher_logits=teacher_logits, response_mask=response_mask,
+                  sample_mask=sample_mask, is_weights=is_weights, response_ids=response_ids,
+                  sampler_logprobs=sampler_logprobs)
+    is_cap = check_cap(is_cap)
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 3:
         raise ValueError(f"student and teacher logits must both be (B, T, V), got {tuple(student_logits.shape)} "
                          f"and {tuple(teacher_logits.shape)}")
@@ -235,9 +291,11 @@ def self_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.T
         token_logprobs = token_logprobs_of(z, response_ids, shift, log_z)
         if sampler_logprobs is not None:
             is_weights = importance_weights(token_logprobs, sampler_logprobs, is_cap)
-    per_token = token_coefficients(response_mask, sample_mask)
-    if is_weights is not None:
-        per_token = per_token * is_weights.detach().double()
+    coefficients = token_coefficients(response_mask, sample_mask)
+    # where nothing counts (padding, no teacher) the teacher may be garbage: read it as the student there, or a NaN
+    # would reach the student's gradient through the zero weight (0·NaN); values there are masked out anyway
+    log_q = torch.where((coefficients != 0)[..., None], log_q, log_p.detach())
+    per_token = weigh(coefficients, is_weights)
     loss = weighted_sum(per_token, generalized_jsd(log_p, log_q, beta))
     with torch.no_grad():
         lp = log_p.detach()

@@ -3,7 +3,8 @@
 All functions take log-probabilities `log_p`, `log_q` of shape (..., S), each normalised along the
 last axis (entries may be −inf: zero mass), and return shape (...). They are differentiable in both
 arguments, finite wherever the mathematics is (0·log 0 = 0; an −inf entry never produces NaN, in the
-value or in the gradient), and keep the input dtype.
+value or in the gradient), and keep the input dtype. A NaN entry is never read as zero mass: it makes
+the divergence at its position NaN, so that a broken input reaches the caller as a non-finite value.
 
     KL(a ‖ b)  = Σ_s a_s (log a_s − log b_s)               (+inf where b_s = 0 < a_s)
     D_β(p, q)  = (1 − β)·KL(p ‖ M) + β·KL(q ‖ M),   M = (1 − β)·p + β·q
@@ -21,7 +22,7 @@ import torch
 
 def kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     """KL(a ‖ b) = Σ_s a_s (log a_s − log b_s) over the last axis: (..., S), (..., S) → (...)."""
-    support = log_a > -math.inf
+    support = log_a != -math.inf  # NaN counts as support: it must reach the sum, not vanish as zero mass
     # double `where`: masked entries must be finite *before* the product, or backward yields NaN
     safe_a = torch.where(support, log_a, torch.zeros_like(log_a))
     safe_b = torch.where(support, log_b, torch.zeros_like(log_b))
@@ -42,7 +43,7 @@ def generalized_jsd(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> to
         return kl(log_p, log_q)
     # log M = logaddexp(log(1−β) + log p, log β + log q), finite wherever p or q has mass; where
     # neither has, logaddexp(−inf, −inf) has a NaN gradient, so those entries are computed on zeros
-    support = (log_p > -math.inf) | (log_q > -math.inf)
+    support = (log_p != -math.inf) | (log_q != -math.inf)  # NaN counts as support (see `kl`)
     zeros = torch.zeros_like(log_p)
     log_m = torch.logaddexp(torch.where(support, log_p, zeros) + math.log1p(-beta),
                             torch.where(support, log_q, zeros) + math.log(beta))

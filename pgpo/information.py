@@ -60,6 +60,12 @@ def information(student_logprobs, teacher_logprobs, mask=None, kind: str = "kl",
         A 0-d tensor (a numpy float for numpy input), or for the "…sum" reductions a pair of them.
         An empty mask gives I = 0 (denominator 0), never NaN. No gradient flows. Float64 input is
         computed in float64; half-precision input is computed in float32.
+
+    Non-finite input: a NaN or +inf entry at a masked-in position (in either input, logits or
+    log-probabilities), or a NaN or ±inf mask value, makes I NaN (or ±inf), never a finite number: a
+    broken forward must reach the caller, whose non-finite guard (ρ = 1, a skipped step) then acts.
+    −inf entries are zero mass, as always (a KL toward zero mass is +inf); masked-out positions may hold
+    anything. Meta and complex tensors, and log-probabilities that are not floating point, are refused.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -85,14 +91,17 @@ def information(student_logprobs, teacher_logprobs, mask=None, kind: str = "kl",
     if mask is None:
         weight = torch.ones(positions, dtype=dtype, device=log_p.device)
     else:
-        weight = _as_tensor(mask, "mask").to(device=log_p.device, dtype=dtype)
+        weight = _as_tensor(mask, "mask", floating=False).to(device=log_p.device, dtype=dtype)
         if weight.shape != positions:
             raise ValueError(f"mask must have shape {tuple(positions)} (the inputs without their last axis), got {tuple(weight.shape)}")
 
-    if not from_logits:
-        for name, x in (("student_logprobs", log_p), ("teacher_logprobs", log_q)):
-            _check_normalised(name, x, weight, tolerance=0.1 if half else 1e-3)
-    result = aggregate(divergence(log_p, log_q, kind), weight, reduce)
+    values = divergence(log_p, log_q, kind)
+    if not from_logits:  # (from logits, log_softmax has already spread a NaN or +inf over its whole row)
+        broken = [_check_normalised(name, x, weight, tolerance=0.1 if half else 1e-3)
+                  for name, x in (("student_logprobs", log_p), ("teacher_logprobs", log_q))]
+        # a NaN or +inf entry can sit where the other distribution has no mass, out of the divergence's reach
+        values = torch.where(broken[0] | broken[1], torch.full_like(values, float("nan")), values)
+    result = aggregate(values, weight, reduce)
     if from_numpy:
         return tuple(r.cpu().numpy()[()] for r in result) if isinstance(result, tuple) else result.cpu().numpy()[()]
     return result
@@ -126,19 +135,33 @@ def ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     return torch.where(empty, torch.zeros_like(numerator), numerator / torch.where(empty, torch.ones_like(denominator), denominator))
 
 
-def _check_normalised(name: str, log_probs: torch.Tensor, weight: torch.Tensor, tolerance: float) -> None:
-    """log Σ_s exp(x_s) = 0 at every masked-in position (to `tolerance`: 16-bit inputs carry ~1% per entry)."""
+def _check_normalised(name: str, log_probs: torch.Tensor, weight: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """log Σ_s exp(x_s) = 0 at every masked-in position (to `tolerance`: 16-bit inputs carry ~1% per entry).
+
+    Positions holding a NaN or +inf entry are not checked: they are returned (a bool tensor of shape (...)) to
+    be made NaN, since a broken input is not the mistake of logits taken for log-probabilities."""
     total = torch.logsumexp(log_probs, -1)
-    off = (weight != 0) & ~(total.abs() <= tolerance)  # NaN counts as off
+    broken = torch.isnan(total) | (total == float("inf"))
+    off = (weight != 0) & ~broken & ~(total.abs() <= tolerance)
     if off.any():
         at = tuple(int(j) for j in off.nonzero()[0])
         raise ValueError(f"{name} are not log-probabilities: log Σ exp over the last axis is {total[at].item():.4g} at "
                          f"position {at} (should be 0); pass normalised log-probabilities, or from_logits=True")
+    return broken
 
 
-def _as_tensor(x, name: str) -> torch.Tensor:
+def _as_tensor(x, name: str, floating: bool = True) -> torch.Tensor:
+    """`x` as a tensor of real numbers (floating point where `floating`), or an error naming `name`."""
     if isinstance(x, torch.Tensor):
-        return x.detach()
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(x)
-    raise TypeError(f"{name} must be a torch tensor or a numpy array, got {type(x).__name__}")
+        x = x.detach()
+    elif isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    else:
+        raise TypeError(f"{name} must be a torch tensor or a numpy array, got {type(x).__name__}")
+    if x.is_meta:  # no values: the result would be a meta tensor, not a number
+        raise ValueError(f"{name} is a meta tensor (a shape without values); pass a tensor that holds data")
+    if x.is_complex():  # no divergence between complex numbers; a cast would drop the imaginary part silently
+        raise TypeError(f"{name} must hold real numbers, got {x.dtype}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must hold floating-point numbers, got {x.dtype}")
+    return x

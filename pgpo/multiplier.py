@@ -53,7 +53,8 @@ class Multiplier:
             anything else raises ValueError naming the value).
 
     `m(I)` accepts a Python number, a numpy array or a torch tensor of any shape and returns the
-    same kind (float, float64 array, floating tensor on I's device).
+    same kind (float, float64 array, floating tensor on I's device). Complex values and meta tensors are
+    refused (TypeError, ValueError); a non-finite I gives ρ = 1 (see the module docstring).
     """
 
     def __init__(self, alpha: float, rho_max: float = 2.0, form: str | Callable = "linear"):
@@ -153,9 +154,15 @@ class Multiplier:
 def _apply(information, torch_fn, numpy_fn):
     """Evaluate on the caller's kind: float → float, numpy → float64 array, tensor → tensor."""
     if isinstance(information, torch.Tensor):
+        if information.is_meta:  # a shape without values: ρ would be a meta tensor, not a number
+            raise ValueError("information is a meta tensor (a shape without values); pass a tensor that holds data")
+        if information.is_complex():  # I is real; a cast would drop the imaginary part silently
+            raise TypeError(f"information must hold real numbers, got {information.dtype}")
         i = information if information.is_floating_point() else information.to(torch.get_default_dtype())
         return torch_fn(i)
     if isinstance(information, np.ndarray):
+        if np.iscomplexobj(information):  # as for tensors: astype would drop the imaginary part with a warning
+            raise TypeError(f"information must hold real numbers, got {information.dtype}")
         return numpy_fn(information.astype(np.float64, copy=False))
     if isinstance(information, numbers.Real) and not isinstance(information, bool):
         return float(numpy_fn(np.asarray(float(information))))

@@ -24,6 +24,15 @@ real optimizer (accelerate's `AcceleratedOptimizer`, Lightning's `LightningOptim
 `._optimizer`) are looked through to pick the method, and their own `step` still runs (it may skip a step
 during gradient accumulation, or unscale gradients). DeepSpeed steps its optimizer inside `engine.step()`,
 out of reach of any wrapper: refused, with the reason.
+
+A ρ that could break the parameters is refused before anything changes (`modulated_step`'s docstring):
+not a finite real number ≥ 0, or beyond 1/ε of the parameters' floating-point type (ε: its machine
+epsilon; 2^23 ≈ 8.4e6 for float32, 128 for bfloat16, 1024 for float16, 2^52 for float64). Within that
+bound the scaling cannot by itself make a parameter non-finite: |θ| ≤ max/2 and a plain step
+|Δθ| ≤ ε·max/2 give |θ + ρ·Δθ| ≤ max, so an overflow there needs a plain step that is itself within
+a factor ε of overflowing — the optimizer's own failure, as at ρ = 1. The check reads no tensor: no
+host sync, no copy. The "delta" method, which holds θ_old and θ_new anyway, also checks the
+extrapolated parameters themselves for ρ > 1 before keeping them (one host sync).
 """
 
 from __future__ import annotations
@@ -55,6 +64,11 @@ def modulated_step(optimizer: torch.optim.Optimizer, rho, closure=None, method: 
         optimizer: any torch optimizer (or an object exposing `step` and `param_groups`), possibly wrapped
             (accelerate, Lightning: see the module docstring).
         rho: the multiplier ρ ≥ 0, a Python number or a one-element tensor or numpy array (read once with `.item()`).
+            Refused with a ValueError, before any parameter or state changes: a non-real, complex, meta,
+            non-finite or negative ρ, and a ρ above 1/ε of the parameters' floating-point type (the module
+            docstring says why that bound). With the "delta" method and ρ > 1, extrapolated parameters that
+            are not finite are refused too, and every parameter is put back to its value before the step
+            (the optimizer's state has then taken its plain step, as it does at any ρ).
         closure: passed on to `optimizer.step`.
         method: "auto", or the one the caller requires: "lr" (refused for an optimizer not known to be linear
             in lr, where it would be silently wrong) or "delta" (any optimizer).
@@ -70,6 +84,7 @@ def modulated_step(optimizer: torch.optim.Optimizer, rho, closure=None, method: 
         raise TypeError(f"optimizer must be a torch optimizer (an object with step() and a param_groups list), "
                         f"got {type(optimizer).__name__}")
     chosen = step_method(optimizer, method)
+    _check_rho_fits(optimizer, rho)
     if rho == 1.0:
         result = _step(optimizer, closure)
     elif chosen == "lr":
@@ -145,14 +160,51 @@ def _step_extrapolated(optimizer, rho: float, closure):
     else:
         with torch.enable_grad():
             result = optimizer.step(closure)
+    if rho <= 1.0:
+        for p, old in zip(params, before):
+            # θ_old + ρ·(θ_new − θ_old), between the two (finite where they are), into the buffer we already hold
+            p.copy_(old.lerp_(p, rho))
+        return result
+    finite = []
     for p, old in zip(params, before):
-        # θ_old + ρ·(θ_new − θ_old), written into the buffer we already hold
-        p.copy_(old.lerp_(p, rho))
+        # beyond θ_new: keep θ_old intact until every extrapolated parameter is known to be finite
+        moved = torch.lerp(old, p, rho)
+        finite.append(torch.isfinite(_local(moved)).all())
+        p.copy_(moved)
+    if finite and not bool(torch.stack([ok.to(finite[0].device) for ok in finite]).all()):  # one host sync
+        at = next(k for k, ok in enumerate(finite) if not ok)
+        for p, old in zip(params, before):
+            p.copy_(old)
+        raise ValueError(f"rho = {rho:g} makes parameter {at} ({params[at].dtype}, shape {tuple(params[at].shape)}) "
+                         "non-finite: rho times the optimizer's update overflows there, or that update is not finite "
+                         "itself; the parameters are left as they were before the step")
     return result
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's shard on this rank (a reduction over the whole would be one collective per parameter)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _check_rho_fits(optimizer, rho: float) -> None:
+    """Refuse a ρ above 1/ε of a parameter's floating-point type (see the module docstring), before the step."""
+    if rho <= 1.0:  # never longer than the plain step: nothing the plain step would not do itself
+        return
+    dtypes = {p.dtype for group in optimizer.param_groups for p in group["params"]
+              if isinstance(p, torch.Tensor) and (p.is_floating_point() or p.is_complex())}
+    for dtype in sorted(dtypes, key=lambda d: torch.finfo(d).eps, reverse=True):  # the coarsest type first
+        limit = 1.0 / torch.finfo(dtype).eps
+        if rho > limit:
+            raise ValueError(f"rho = {rho:g} is above 1/eps = {limit:g} of the {dtype} parameters: a step that many "
+                             "times the optimizer's could overflow them; refused before any parameter changed")
 
 
 def _check_rho(rho) -> float:
     if isinstance(rho, (torch.Tensor, np.ndarray)):  # a one-element tensor or array (a 0-d numpy result too)
+        if isinstance(rho, torch.Tensor) and rho.is_meta:  # a shape without a value: nothing to read
+            raise ValueError("rho is a meta tensor (a shape without a value); pass a number")
+        if np.iscomplexobj(rho) if isinstance(rho, np.ndarray) else rho.is_complex():
+            raise ValueError(f"rho must be a real number, got a complex {rho.dtype}")
         size = rho.numel() if isinstance(rho, torch.Tensor) else rho.size
         if size != 1:
             raise ValueError(f"rho must be a single number, got an array of shape {tuple(rho.shape)}")
