@@ -272,6 +272,19 @@ REGISTRY: dict[str, Check] = {
                                    "    return [1.0 for _ in completions]\n"
                                    "data = [{'prompt': [{'role': 'user', 'content': 'What is 1 + 1?'}],"
                                    " 'privileged_context': 'The answer is 2.'}]\n"),
+    # docs/trl.md: the switch in three lines, a GPU's and the hub's as the README's above (same inputs)
+    "from pgpo.trl import PGPOConfig, PGPOTrainer                               # was: trl.experimental.sdpo's "
+    "SDPOConfig, SDPOTrainer\n"
+    "args = PGPOConfig(output_dir=\"out\", pgpo_alpha=1.0, pgpo_rho_max=2.0)       # every SDPOConfig field is taken "
+    "as it is\n"
+    "PGPOTrainer(model=\"Qwen/Qwen3-8B\", reward_funcs=reward, args=args, train_dataset=data).train()":
+        hub("doesn't support bf16/gpu", slow=True, setup="def reward(prompts, completions, **kwargs):\n"
+                                   "    return [1.0 for _ in completions]\n"
+                                   "data = [{'prompt': [{'role': 'user', 'content': 'What is 1 + 1?'}],"
+                                   " 'privileged_context': 'The answer is 2.'}]\n"),
+    # docs/trl.md: the sampled-token estimator's variance against the full-support I, the repository's own test
+    "pytest tests/pgpo/test_trl_sampled.py -s -k variance":
+        slow("sampled-token I against the full-support I: 4 batches", "reverse_kl plain *", " passed", folder="repo"),
     "from pgpo import Multiplier\nfrom sde_lab import catalog, weak_error\n\n"
     "r = weak_error(catalog.quadratic(), etas=[2**-j for j in range(9, 15)], horizon=2.0)    # exact oracle\n"
     "r.slope, r.slope_ci, r.verdict(), r.diagnostics            # 0.993 [0.989, 0.998] 'order 1 holds'\n"
