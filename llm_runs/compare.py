@@ -11,6 +11,7 @@ Light: no torch unless a figure is drawn (the style lives in `pgpo`).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class Run:
     validations: list[tuple[int, float]] = field(default_factory=list)  # (step, mean@k in [0, 1]), in step order
     step_seconds: list[float] = field(default_factory=list)  # (rows,): each row's step, without validation
     eval_seconds: list[float] = field(default_factory=list)  # (validations,)
+    sde: dict = field(default_factory=dict)  # the SDE diagnostics of the last logged step (`llm_runs.diagnostics`)
 
     @property
     def method(self) -> tuple:
@@ -128,6 +130,9 @@ def _rows(path: Path) -> list[dict]:
     return rows
 
 
+SDE_KEYS = ("sde_time", "noise_scale_ema", "temperature", "information_running_mean")  # compare's SDE columns
+
+
 def _step_seconds(row: dict) -> float:
     """The step's own seconds: `seconds_step` where logged, else the sum of its stages (validation apart)."""
     if "seconds_step" in row:
@@ -150,7 +155,8 @@ def read_run(path: Path) -> Run:
                finished=(path / "summary.json").exists() and done >= config.train.steps,
                validations=[(r["step"], float(r["val_mean_at_k"])) for r in vals],
                step_seconds=[_step_seconds(r) for r in rows],
-               eval_seconds=[float(r.get("seconds_eval", 0.0)) for r in vals])
+               eval_seconds=[float(r.get("seconds_eval", 0.0)) for r in vals],
+               sde={k: rows[-1][k] for k in SDE_KEYS if rows and rows[-1].get(k) is not None})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +283,10 @@ def _group_data(domain: str, method: str, members: list[Run]) -> dict:
         "finished": all(r.finished for r in members),
         "hours": sum(x["hours"] for x in per_run),  # summed over the group's runs: the compute spent
         "hours_estimate": None if None in estimates else sum(estimates),
-        "settings_differ": differ, "runs": per_run}
+        "settings_differ": differ, "runs": per_run,
+        # the SDE diagnostics at each run's last logged step, over the seeds (finite ones: a NaN noise scale is
+        # a step of one micro-batch)
+        "sde": {k: _stats([r.sde[k] for r in members if k in r.sde and math.isfinite(r.sde[k])]) for k in SDE_KEYS}}
 
 
 def _improvements(groups: list[dict]) -> list[dict]:

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,7 @@ class RunState:
     pending_row: dict | None = None  # a step checkpointed before its validation: its row, logged after it
     data_sha256: dict | None = None  # {"data.train": …, "data.test": …}: the examples the run trains and validates on
     tokens_total: int = 0  # response tokens generated so far, over every rank
+    sde: dict = field(default_factory=dict)  # the SDE diagnostics' running values (`llm_runs.diagnostics.SDEState`)
 
 
 def check_new_run_dir(run_dir: Path) -> None:

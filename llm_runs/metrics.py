@@ -63,6 +63,12 @@ class StepMetrics:
         self.teacher_mask: list[float] = []
         self.lengths: list[int] = []
         self.finish_reasons: list[str] = []
+        self.first_sq: torch.Tensor | float = float("nan")  # |∂L/∂θ|² after the first micro-batch (B_simple's)
+        self.first_sequences = 0  # the sequences of that micro-batch, over every rank
+
+    def first_gradient(self, sq_norm: torch.Tensor, sequences: int) -> None:
+        """The squared gradient norm after the first micro-batch, kept on the device until `read`."""
+        self.first_sq, self.first_sequences = sq_norm, sequences
 
     @contextmanager
     def stage(self, name: str):
@@ -92,9 +98,10 @@ class StepMetrics:
         """(I, grad norm) as floats, and the sums read back with them: one device-to-host copy."""
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
             grad_norm = grad_norm.full_tensor()
-        head = [information.double().reshape(()), grad_norm.double().reshape(())]
-        values = torch.stack(head + self.sums.values()).tolist()
-        self.sums = LossSums(*values[2:])
+        first = torch.as_tensor(self.first_sq, dtype=torch.float64, device=information.device).reshape(())
+        head = [information.double().reshape(()), grad_norm.double().reshape(()), first]
+        values = torch.stack(head + [v.to(information.device) for v in self.sums.values()]).tolist()
+        self.first_sq, self.sums = values[2], LossSums(*values[3:])
         return values[0], values[1]
 
     def rollouts(self, rollouts, rewards: list[float], teacher_mask: list[float]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_runs.compare import DOMAINS_PER_TABLE, PAPER, PAPER_DOMAINS
+from llm_runs.compare import DOMAINS_PER_TABLE, PAPER, PAPER_DOMAINS, SDE_KEYS
 from llm_runs.config import ConfigError
 
 
@@ -115,6 +115,15 @@ def table(data: dict) -> str:
                      _hours(g, unit)])
     lines += ["", *_markdown(["domain", "method", "seeds", "k", "steps done/planned",
                               f"time ({unit[0]}), all seeds: so far (of est. total)"], rows)]
+    sde = [g for g in data["groups"] if any(g.get("sde", {}).get(k, {}).get("values") for k in SDE_KEYS)]
+    if sde:  # runs that log the SDE diagnostics (`docs/method.md`, "SDE diagnostics")
+        cell = lambda st: "" if st["mean"] is None else f"{st['mean']:.4g}" + (  # noqa: E731
+            f" ± {st['std']:.2g}" if st["std"] is not None else "")
+        lines += ["", "SDE diagnostics at the last logged step, mean ± std over seeds: t = Σ lr·ρ, the gradient-noise "
+                      "scale B_simple (its moving average, in sequences), the temperature lr·ρ/B, I's running mean.",
+                  *_markdown(["domain", "method", "SDE time t", "noise scale", "temperature", "I running mean"],
+                             [[PAPER_DOMAINS.get(g["domain"], g["domain"]), g["method"],
+                               *(cell(g["sde"][k]) for k in SDE_KEYS)] for g in sde])]
     for g in data["groups"]:
         if g["settings_differ"]:
             lines.append(f"note: the runs of {g['domain']} {g['method']} differ in {', '.join(g['settings_differ'])}")

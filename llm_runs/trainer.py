@@ -15,6 +15,7 @@ which is SDPO bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -30,6 +31,7 @@ from llm_runs.batch import Batch, make_batch, response_logits
 from llm_runs.chunked_loss import chunked_self_distillation_loss, response_hidden
 from llm_runs.config import RunConfig
 from llm_runs.data import Example, render
+from llm_runs.diagnostics import SDEState, grad_sq_norm
 from llm_runs.lifecycle import Lifecycle, RunState
 from llm_runs.loss import SelfDistillationOutput, self_distillation_loss
 from llm_runs.metrics import StepMetrics
@@ -125,6 +127,7 @@ class Trainer:
         self.state.step += 1
         metrics.rollouts(rollouts, scored.rewards, contexts.mask)
         row = self.metrics_row(metrics, prompts.epoch, lr, information, rho, grad_norm, skipped)
+        row.update(self.sde_diagnostics(metrics, lr, rho, grad_norm, information, skipped))
         self.state.tokens_total += row["tokens_generated"]
         row.update(tokens_total=self.state.tokens_total, seconds_step=time.perf_counter() - start,
                    timestamp=time.time())
@@ -194,6 +197,8 @@ class Trainer:
                 b = batch.sample_mask.shape[0]
                 # Σ over micro-batches and ranks = the mean over all P·n sequences (FSDP averages over ranks)
                 (out.loss * (b * self.world / total)).backward()
+                if start == 0:  # the first micro-batch's gradient, over every rank: the small batch of B_simple
+                    metrics.first_gradient(grad_sq_norm(self.model.parameters()), b * self.world)
             metrics.add(out, batch, reduce=c.pgpo.reduce, weight=b / total)
 
     def micro_batch_loss(self, batch: Batch, metrics: StepMetrics) -> SelfDistillationOutput:
@@ -245,6 +250,18 @@ class Trainer:
         self.scheduler.step()
         self.teacher.update()
         return True
+
+    def sde_diagnostics(self, metrics: StepMetrics, lr: float, rho: float, grad_norm: float, information: float,
+                        skipped: bool) -> dict:
+        """SDE time, gradient-noise scale, temperature and I's running mean (`llm_runs.diagnostics`); their
+        running values live in the run's state, so a resume continues them."""
+        sde = SDEState(**self.state.sde)
+        c = self.config.rollout
+        row = sde.update(lr=lr, rho=rho, applied=not skipped, information=information, first_sq=metrics.first_sq,
+                         first_sequences=metrics.first_sequences, full_sq=grad_norm ** 2,
+                         sequences=c.prompts_per_step * c.samples_per_prompt)
+        self.state.sde = dataclasses.asdict(sde)
+        return row
 
     def push_weights(self) -> None:
         """The trainer's weights into the rollout engine (a no-op for `hf`, which samples from them)."""

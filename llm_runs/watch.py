@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from llm_runs.config import ConfigError, RunConfig, flat
+from llm_runs.diagnostics import ROW_KEYS as SDE_ROW_KEYS
 
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}  # name → module
 ROW_NOT_SCALAR = ("step", "timestamp", "val_best")  # the x axis, the wall clock, a flag
@@ -47,11 +48,14 @@ def trackers(report_to: str) -> list[str]:
 
 
 def tag(key: str) -> str:
-    """A metrics.jsonl key's tracker name, grouped as the dashboards show them: val/…, pgpo/…, time/…, train/…."""
+    """A metrics.jsonl key's tracker name, grouped as the dashboards show them: val/…, pgpo/…, sde/…, time/…,
+    train/…."""
     if key.startswith("val_"):
         return f"val/{key[4:]}"
     if key in ("information", "rho", "effective_lr", "information_nonfinite_total"):
         return f"pgpo/{key}"
+    if key in SDE_ROW_KEYS:  # the SDE diagnostics (`llm_runs.diagnostics`)
+        return f"sde/{key}"
     if key.startswith(("seconds_", "tokens_per_s", "peak_memory", "tokens_total")):
         return f"time/{key}"
     return f"train/{key}"
