@@ -2,7 +2,8 @@
 `python -m llm_runs train --config PATH [key=value ...] | --resume RUN_DIR`,
 `python -m llm_runs eval --checkpoint DIR [--data FILE] [--engine hf|vllm] [key=value ...]` and
 `python -m llm_runs bench --config PATH [--peer trl] [--steps K] [--repeats R]`, `python -m llm_runs bench-loss [--lengths ...]`,
-`python -m llm_runs warm-start --config PATH --out DIR [key=value ...]`, `python -m llm_runs demo [--quick]` and
+`python -m llm_runs warm-start --config PATH --out DIR [key=value ...]`, `python -m llm_runs demo [--quick]`,
+`python -m llm_runs study [--quick] [--jobs N] [--seeds K] [--out DIR] [--replot]` and
 `python -m llm_runs compare RUN_DIR... [--figure PATH] [--json PATH]` (runs grouped by domain × method, beside the paper)."""
 
 from __future__ import annotations
@@ -160,13 +161,10 @@ def _smoke(args) -> int:
     return 0
 
 
-def _bench_checkpoint(args) -> int:
-    from llm_runs.tools.bench_checkpoint import report, run
+def _bench_checkpoint_command(args) -> int:
+    from llm_runs.tools.bench_checkpoint import command
 
-    result = run(args.shape, args.layers, args.repeats, args.dtype, args.device, args.out)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(report(result))
-    return 0
+    return command(args)
 
 
 def _plan(args) -> int:
@@ -205,6 +203,28 @@ def _demo(args) -> int:
           f"copies the demonstrated letter {w['copy_rate']:.3f} ({w['steps']} steps, {w['seconds']:.0f} s)")
     print(table(data))
     print(f"figure: {', '.join(data['files'])}  ({data['seconds']:.0f} s)")
+    return 0
+
+
+def _study(args) -> int:
+    from llm_runs.experiment import study
+
+    out = Path(args.out or ("runs/study_quick" if args.quick else "runs/study"))
+    figure = study.figure_path(out, args.quick)
+    if args.replot:
+        if not figure.with_suffix(".json").exists():
+            raise ConfigError(f"--replot needs {figure.with_suffix('.json')}; run the study first")
+        data = json.loads(figure.with_suffix(".json").read_text())
+        data["files"] = [str(p) for p in study.save_figure(data, figure)]
+    else:
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+        if args.seeds is not None and args.seeds < 1:
+            raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+        data = study.run(out, args.quick, args.seeds, args.jobs, args.arms, args.settings, args.overrides)
+    print(study.table(data))
+    print(f"report: {', '.join(data['files'])}  ({data['seconds']:.0f} s; {len(data.get('trained', []))} runs trained, "
+          f"{len(data.get('reused', []))} reused)")
     return 0
 
 
@@ -326,6 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--domains", help="comma-separated, of biology, chemistry, material, physics (default: all)")
     data.add_argument("--source", help="a local copy of the dataset in its own layout "
                                        "(data/<Domain>/sciknoweval_<domain>_test.jsonl) instead of the hub")
+    st = sub.add_parser("study", help="is PGPO more than a larger learning rate? every arm, two settings, paired "
+                                      "seeds, resumable (docs/results.md)")
+    st.add_argument("--quick", action="store_true", help="every arm once on a few steps (CI; under 5 minutes)")
+    st.add_argument("--jobs", type=int, default=2, help="runs at once, one process and one torch thread each")
+    st.add_argument("--seeds", type=int, help="K: seeds 0..K-1 (default 10, or 1 with --quick)")
+    st.add_argument("--out", help="data, warm start and runs, reused and resumed (default runs/study, or "
+                                  "runs/study_quick with --quick)")
+    st.add_argument("--arms", type=lambda v: [x.strip() for x in v.split(",")],
+                    help="comma-separated names from llm_runs.experiment.study.ARMS (default: all)")
+    st.add_argument("--settings", type=lambda v: [x.strip() for x in v.split(",")], help="demo, collapse (default both)")
+    st.add_argument("--replot", action="store_true", help="redraw the figure from its JSON "
+                                                          "(figures/llm_study.json, or OUT/llm_study_quick.json)")
+    st.add_argument("overrides", nargs="*", help="section.key=value, applied after the study's own")
     cmp = sub.add_parser("compare", help="SDPO vs PGPO over run folders (finished or not): best and final validation "
                                          "mean@k per domain and method, mean ± std over seeds, beside the paper's Table 1")
     cmp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders of them (e.g. runs/)")
@@ -346,8 +379,8 @@ def main(argv=None) -> int:
     if rest:
         args.overrides = [*args.overrides, *rest]
     try:
-        return {"data": _data, "train": _train, "eval": _eval, "bench": _bench, "bench-loss": _bench_loss, "smoke": _smoke, "bench-checkpoint": _bench_checkpoint,
-                "demo": _demo,
+        return {"data": _data, "train": _train, "eval": _eval, "bench": _bench, "bench-loss": _bench_loss, "smoke": _smoke, "bench-checkpoint": _bench_checkpoint_command,
+                "demo": _demo, "study": _study,
                 "warm-start": _warm_start, "compare": _compare, "plan": _plan}[args.command](args)
     except (ConfigError, DataError) as err:  # bad input: one line naming the key, file or field, never a traceback
         parser.exit(2, f"error: {err}\n")

@@ -121,11 +121,17 @@ class Lifecycle:
 
     def __init__(self, trainer: Trainer, progress: bool = True):
         self.trainer, self.progress = trainer, progress
-        self.run_dir, self.config = trainer.run_dir, trainer.config
-        self.rank, self.world = trainer.rank, trainer.world
+        self.config, self.rank, self.world = trainer.config, trainer.rank, trainer.world
         self.resumed = False  # set by resume(): the run folder's config.yaml is then never rewritten
-        self.metrics_path = self.run_dir / "metrics.jsonl"
         self.watch = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.trainer.run_dir
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
 
     @property
     def state(self) -> RunState:

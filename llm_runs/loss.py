@@ -59,6 +59,7 @@ class SelfDistillationOutput:
     jsd: tuple[torch.Tensor, torch.Tensor]
     entropy: tuple[torch.Tensor, torch.Tensor]
     token_logprobs: torch.Tensor | None = None
+    information_per_sequence: torch.Tensor | None = None  # (B,) each sequence's token-mean I (0: no teacher)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +236,16 @@ def pool(information: torch.Tensor, jsd: torch.Tensor, entropy_: torch.Tensor, r
     return {"information": cast(aggregate(information, used, "sum")),
             "information_sequence": cast(aggregate(information, used, "sequence_sum")),
             "jsd": cast(aggregate(jsd, used, "sum")),
-            "entropy": cast(aggregate(entropy_, tokens, "sum"))}
+            "entropy": cast(aggregate(entropy_, tokens, "sum")),
+            "information_per_sequence": per_sequence_mean(information, used).to(dtype)}
+
+
+def per_sequence_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(B, T) values, (B, T) weights → (B,) each row's weighted mean, 0 where a row has no weight (no teacher)."""
+    w = weight.to(values.dtype)
+    total = torch.where(w != 0, values, torch.zeros_like(values)).mul(w).sum(-1)
+    count = w.sum(-1)
+    return torch.where(count != 0, total / torch.where(count != 0, count, torch.ones_like(count)), torch.zeros_like(total))
 
 
 # ---------------------------------------------------------------------------------------------

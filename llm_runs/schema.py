@@ -159,6 +159,23 @@ class PGPOConfig:
     "reverse_kl" = KL(p ‖ q), "jsd". Was `pgpo.signal`."""
     reduce: Literal["token", "sequence"] = "token"
     """I as a mean over response tokens, or over sequences (each sequence's token mean)."""
+    per_sequence: bool = False
+    """Each sequence weighted by its own ρ_i = g(I_i) (I_i: its token-mean information), the weights divided by
+    their mean over the batch's sequences with a teacher, so that they average to 1: the gradient is
+    Σ_i (ρ_i / ρ̄_seq) ∇L_i / B and the step is the batch's ρ = g(I) times the step on that reweighted gradient
+    (the mean weight of a sequence is then the batch's ρ). Needs `enabled`; costs one extra evaluation of the
+    loss (no extra model forward) per micro-batch."""
+    normalize_information: bool = False
+    """ρ = g(I / Ī), Ī the mean of I over the earlier steps with a finite I (the diagnostics' running mean, kept
+    across resumes), so that α means the same on every task; at the first step (no earlier step) I / Ī := 1.
+    Needs `enabled`."""
+    replay_rho: str | None = None
+    """A run folder: SDPO with that run's logged ρ_t as a learning-rate multiplier (`modulated_step`, ρ_t of its
+    metrics.jsonl at the same step; no coupling to this run's I). Needs `enabled: false`; a run with fewer steps
+    than `train.steps` is refused."""
+    replay_rho_mode: Literal["schedule", "mean"] = "schedule"
+    """With `replay_rho`: "schedule" replays ρ_t step by step; "mean" applies that run's mean ρ̄ (over its first
+    `train.steps` steps) at every step: SDPO at lr × ρ̄ (the same SDE time Σ lr·ρ as the replayed run)."""
 
 
 @dataclass

@@ -10,7 +10,10 @@ end) is `llm_runs.lifecycle`; micro-batches are `llm_runs.batch`, the metrics ro
 
 `pgpo.enabled: false` is SDPO: a plain `optimizer.step()`. With PGPO the step is
 `pgpo.modulated_step(optimizer, ρ)`, ρ = min(1 + α·I, ρ_max) (or the smooth cap); α = 0 gives ρ = 1,
-which is SDPO bit for bit.
+which is SDPO bit for bit. The study's variants (`llm_runs.schema.PGPOConfig`, `docs/results.md`):
+`pgpo.replay_rho` (SDPO with another run's ρ_t, or its mean, as a learning-rate multiplier),
+`pgpo.per_sequence` (each sequence weighted by its own ρ_i, the weights averaging to 1 over the batch) and
+`pgpo.normalize_information` (ρ = g(I / running mean of I)).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -39,6 +43,7 @@ from llm_runs.parts import RunParts, build_parts
 from llm_runs.reward import score
 from llm_runs.rollout import Rollout, Sampling, replay
 from llm_runs.teacher import demonstrations
+from llm_runs.variants import check_variants, normalised_information
 from pgpo import global_information, modulated_step
 
 
@@ -81,6 +86,9 @@ class Trainer:
         self.optimizer, self.scheduler, self.multiplier = p.optimizer, p.scheduler, p.multiplier
         self.engine, self.sampler = p.engine, p.sampler
         self.state = RunState(data_sha256=p.fingerprint)
+        self.replayed = check_variants(config)  # (steps,) ρ_t to replay, or None
+        self.sequence_rho = [0.0, 0.0]  # this step's Σ m_i·ρ_i and Σ m_i (pgpo.per_sequence), summed over ranks
+        self.step_extra: dict = {}  # the variants' own row keys for this step
         self.life = Lifecycle(self, progress)
 
     # the run's life around the step (llm_runs.lifecycle)
@@ -128,6 +136,7 @@ class Trainer:
         metrics.rollouts(rollouts, scored.rewards, contexts.mask)
         row = self.metrics_row(metrics, prompts.epoch, lr, information, rho, grad_norm, skipped)
         row.update(self.sde_diagnostics(metrics, lr, rho, grad_norm, information, skipped))
+        row.update(self.step_extra)
         self.state.tokens_total += row["tokens_generated"]
         row.update(tokens_total=self.state.tokens_total, seconds_step=time.perf_counter() - start,
                    timestamp=time.time())
@@ -187,6 +196,8 @@ class Trainer:
         c = self.config
         total = c.rollout.prompts_per_step * c.rollout.samples_per_prompt  # the global batch
         self.optimizer.zero_grad(set_to_none=True)
+        self.step_extra = {}
+        self.sequence_rho = [torch.zeros((), dtype=torch.float64, device=self.device) for _ in range(2)]
         for start in range(0, len(rollouts), c.loss.micro_batch_size):  # this rank's share
             part = slice(start, start + c.loss.micro_batch_size)
             batch = make_batch([prompts.ids[r.prompt_index] for r in rollouts[part]], contexts.ids[part],
@@ -200,6 +211,25 @@ class Trainer:
                 if start == 0:  # the first micro-batch's gradient, over every rank: the small batch of B_simple
                     metrics.first_gradient(grad_sq_norm(self.model.parameters()), b * self.world)
             metrics.add(out, batch, reduce=c.pgpo.reduce, weight=b / total)
+        if c.pgpo.per_sequence:
+            self.normalise_sequence_weights(metrics)
+
+    def normalise_sequence_weights(self, metrics: StepMetrics) -> None:
+        """pgpo.per_sequence: the gradient Σ_i m_i·ρ_i·∇L_i / B divided by ρ̄_seq = Σ m_i·ρ_i / Σ m_i (over every
+        rank), so that the weights ρ_i / ρ̄_seq average to 1; B_simple's first-micro-batch norm scaled alike."""
+        weighted, count = self.sequence_rho
+        if self.world > 1:
+            pair = torch.stack([weighted, count])
+            torch.distributed.all_reduce(pair)
+            weighted, count = pair[0], pair[1]
+        weighted, count = float(weighted), float(count)
+        mean = weighted / count if count > 0 else 1.0  # no sequence with a teacher: the gradient is 0 anyway
+        self.step_extra = {"rho_sequence_mean": mean}
+        with torch.no_grad():
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.div_(mean)
+        metrics.first_sq = metrics.first_sq / mean ** 2
 
     def micro_batch_loss(self, batch: Batch, metrics: StepMetrics) -> SelfDistillationOutput:
         """Teacher forward (no gradient), student forward, the loss and its metrics (`loss.implementation`):
@@ -214,13 +244,35 @@ class Trainer:
             options = dict(beta=c.loss.beta, topk=c.loss.topk, add_tail=c.loss.add_tail, is_cap=c.loss.is_cap,
                            divergence=c.pgpo.divergence, response_ids=batch.response_ids,
                            sampler_logprobs=batch.sampler_logprobs)
-            if not chunked:
-                return self_distillation_loss(student, teacher, batch.response_mask, batch.sample_mask, **options)
-            out = chunked_self_distillation_loss(*student, *teacher, batch.response_mask, batch.sample_mask,
-                                                 chunk_size=c.loss.chunk_size, **options)
-            if network is not self.model:  # a separate teacher under FSDP2: free the head it gathered
+            loss = (self_distillation_loss if not chunked else
+                    lambda s, t, *args, **kw: chunked_self_distillation_loss(*s, *t, *args, chunk_size=c.loss.chunk_size, **kw))
+            if c.pgpo.per_sequence:
+                out = self.per_sequence_loss(loss, student, teacher, batch, options, chunked)
+            else:
+                out = loss(student, teacher, batch.response_mask, batch.sample_mask, **options)
+            if chunked and network is not self.model:  # a separate teacher under FSDP2: free the head it gathered
                 parallel.reshard(network)
             return out
+
+    def per_sequence_loss(self, loss, student, teacher, batch: Batch, options: dict, chunked: bool) -> SelfDistillationOutput:
+        """pgpo.per_sequence: I_i of each sequence from a no-gradient evaluation of the loss, then the loss with
+        sequence i weighted by m_i·ρ_i, ρ_i = g(I_i) (b,); the metrics are the unweighted evaluation's (a weighted
+        sample mask would weight I too). Σ m_i·ρ_i and Σ m_i are added to `self.sequence_rho`."""
+        with torch.no_grad():
+            if chunked:
+                hidden, head = student
+                plain_head = None if head is None else SimpleNamespace(
+                    weight=head.weight.detach(), bias=None if head.bias is None else head.bias.detach())
+                probe = loss((hidden.detach(), plain_head), teacher, batch.response_mask, batch.sample_mask, **options)
+            else:
+                probe = loss(student.detach(), teacher, batch.response_mask, batch.sample_mask, **options)
+            rho_i = self.multiplier(probe.information_per_sequence.double())  # (b,)
+            mask = batch.sample_mask.double()
+            self.sequence_rho[0] += (mask * rho_i).sum()
+            self.sequence_rho[1] += mask.sum()
+        weighted = (batch.sample_mask.double() * rho_i).to(batch.sample_mask.dtype)  # (b,)
+        out = loss(student, teacher, batch.response_mask, weighted, **options)
+        return dataclasses.replace(probe, loss=out.loss)
 
     def information(self, metrics: StepMetrics) -> torch.Tensor:
         """I over the global batch: the micro-batches' numerator and denominator summed over ranks, so every
@@ -232,9 +284,17 @@ class Trainer:
         return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.clip_norm)
 
     def rho(self, information: float) -> float:
-        """ρ = g(I) for PGPO (1 for a non-finite I, counted), 1 for SDPO."""
+        """ρ = g(I) for PGPO (1 for a non-finite I, counted), 1 for SDPO; the replayed ρ_t with `pgpo.replay_rho`;
+        g(I / Ī) with `pgpo.normalize_information` (`normalised_information`)."""
         self.state.nonfinite_information_total += int(not math.isfinite(information))
-        return float(self.multiplier(information)) if self.multiplier is not None else 1.0
+        if self.replayed is not None:
+            return float(self.replayed[self.state.step])
+        if self.multiplier is None:
+            return 1.0
+        if self.config.pgpo.normalize_information:
+            information = normalised_information(information, self.state.sde)
+            self.step_extra["information_normalised"] = information
+        return float(self.multiplier(information))
 
     def optimizer_step(self, rho: float, grad_norm: float) -> bool:
         """The update (ρ-modulated for PGPO), the scheduler's tick and the EMA teacher's move; all three dropped
@@ -243,7 +303,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.state.skipped_total += 1
             return False
-        if self.multiplier is None:
+        if self.multiplier is None and self.replayed is None:
             self.optimizer.step()
         else:
             modulated_step(self.optimizer, rho)
@@ -291,3 +351,4 @@ class Trainer:
         with path.open("a") as f:
             f.write(json.dumps({"step": self.state.step, "information": information, "rho": rho,
                                 "grad_norm": grad_norm}) + "\n")
+

@@ -8,9 +8,15 @@ Slope:   log|e_j| = log C + p·log η_j  by weighted least squares on the asympt
          stays within max(0.1, 2·se of the difference) of the running mean of the local slopes so far
          (the successive ratios have settled).
 
-Intervals are 95%: with sampling errors (se > 0) from the known variances (a normal interval), inflated
-by the reduced χ² when the scatter exceeds them; with exact errors (se = 0) from the residuals (a
+Intervals are 95%: with sampling errors (se > 0) from the variances measured with them, inflated by the
+reduced χ² when the scatter exceeds them, as a Student-t interval on the degrees of freedom of the
+least-measured point (M − 1 for M paths: a standard deviation from two paths is 30× too small one time in
+40, and a normal quantile would take it as exact); with exact errors (se = 0) from the residuals (a
 t-interval, the only information about the misfit there is).
+
+The signs of the errors are judged apart from the fits (`sign_change`): an error that changes sign along
+the ladder has no log–log slope across the change, and a fit that looks only at the points on one side of
+it would judge the same ladder differently with a noisier reference.
 """
 
 from __future__ import annotations
@@ -41,10 +47,11 @@ class PolynomialFit:
         return a_lo <= 0.0 <= a_hi and not (c_lo <= 0.0 <= c_hi)
 
 
-def weighted_least_squares(design: np.ndarray, y: np.ndarray, se: np.ndarray | None):
-    """β, 95% half-widths for y ≈ design·β; se (per point) or None for residual-based errors."""
+def weighted_least_squares(design: np.ndarray, y: np.ndarray, se: np.ndarray | None, dof: float = np.inf):
+    """β, 95% half-widths for y ≈ design·β; se (per point) or None for residual-based errors; `dof`: the degrees
+    of freedom of the estimated se (the least of the points'; inf where they are known exactly)."""
     n, k = design.shape
-    dof = n - k
+    se_dof, dof = dof, n - k
     if se is None:
         w = np.ones(n)
     else:
@@ -59,17 +66,19 @@ def weighted_least_squares(design: np.ndarray, y: np.ndarray, se: np.ndarray | N
         cov = unscaled * (resid @ resid) / dof
         q = stats.t.ppf(0.975, dof)
     else:
-        # known variances: a normal interval, scaled up by the reduced χ² when the points scatter more
-        # than their errors say (the misfit of a not-quite-asymptotic range shows up there)
+        # measured variances: a t-interval on their degrees of freedom, scaled up by the reduced χ² when the
+        # points scatter more than their errors say (the misfit of a not-quite-asymptotic range shows up there)
         chi2 = (resid @ resid) / dof if dof > 0 else 1.0
         cov = unscaled * max(1.0, chi2)
-        q = stats.norm.ppf(0.975)
+        q = _quantile(se_dof)
     return beta, q * np.sqrt(np.diag(cov))
 
 
-def slope_fit(etas, errors, stderr, settle: float = 0.1) -> SlopeFit:
-    """The log–log slope of |e| against η on the asymptotic range of a ladder (any order of η)."""
+def slope_fit(etas, errors, stderr, settle: float = 0.1, dof=None) -> SlopeFit:
+    """The log–log slope of |e| against η on the asymptotic range of a ladder (any order of η); `dof`: per
+    point, the degrees of freedom of its se (M − 1 for M paths; None: known exactly)."""
     etas, errors, stderr = (np.asarray(v, dtype=np.float64) for v in (etas, errors, stderr))
+    dof = _dof(dof, len(etas))
     order = np.argsort(etas)  # finest first
     dropped: dict[int, str] = {}
     kept = []
@@ -113,19 +122,21 @@ def slope_fit(etas, errors, stderr, settle: float = 0.1) -> SlopeFit:
     x = np.log(etas[used])
     y = np.log(np.abs(errors[used]))
     se = stderr[used] / np.abs(errors[used]) if np.all(stderr[used] > 0) else None
-    beta, half = weighted_least_squares(np.column_stack([np.ones_like(x), x]), y, se)
+    beta, half = weighted_least_squares(np.column_stack([np.ones_like(x), x]), y, se, dof[used].min())
     return SlopeFit(float(beta[1]), (float(beta[1] - half[1]), float(beta[1] + half[1])), used, dropped)
 
 
-def polynomial_fit(etas, errors, stderr, used=None) -> PolynomialFit:
-    """e ≈ a + C₁η + C₂η² on the points `used` (default: all finite ones)."""
+def polynomial_fit(etas, errors, stderr, used=None, dof=None) -> PolynomialFit:
+    """e ≈ a + C₁η + C₂η² on the points `used` (default: all finite ones); `dof` as for `slope_fit`."""
     etas, errors, stderr = (np.asarray(v, dtype=np.float64) for v in (etas, errors, stderr))
+    dof = _dof(dof, len(etas))
     if used is None or len(used) < 4:
         used = [i for i in range(len(etas)) if np.isfinite(errors[i])]
     used = list(used)
     e = etas[used]
     se = stderr[used] if np.all(stderr[used] > 0) else None
-    beta, half = weighted_least_squares(np.column_stack([np.ones_like(e), e, e * e]), errors[used], se)
+    beta, half = weighted_least_squares(np.column_stack([np.ones_like(e), e, e * e]), errors[used], se,
+                                        dof[used].min() if used else np.inf)
     return PolynomialFit(tuple(float(b) for b in beta), tuple((float(b - h), float(b + h)) for b, h in zip(beta, half)), used)
 
 
@@ -135,3 +146,30 @@ def local_slope(etas, errors, stderr, i, j) -> tuple[float, float]:
     s = np.log(abs(errors[i]) / abs(errors[j])) / span
     rel = np.hypot(stderr[i] / abs(errors[i]), stderr[j] / abs(errors[j]))
     return float(s), float(rel / abs(span))
+
+
+def sign_change(etas, errors, stderr) -> tuple[int, int] | None:
+    """The finest pair of ladder points (indices, coarser first) between which the error changes sign, judged on
+    the points whose sign is resolved (finite, non-zero, |e| ≥ 3 se, the fits' own noise rule); None if none."""
+    etas, errors, stderr = (np.asarray(v, dtype=np.float64) for v in (etas, errors, stderr))
+    resolved = [int(i) for i in np.argsort(-etas) if np.isfinite(errors[i]) and errors[i] != 0.0
+                and abs(errors[i]) >= 3 * stderr[i]]
+    for coarse, fine in reversed(list(zip(resolved, resolved[1:]))):
+        if np.sign(errors[coarse]) != np.sign(errors[fine]):
+            return coarse, fine
+    return None
+
+
+def _quantile(dof: float) -> float:
+    """The two-sided 95% quantile: Student's t on `dof` degrees of freedom, the normal one for dof = inf."""
+    return float(stats.norm.ppf(0.975) if not np.isfinite(dof) else stats.t.ppf(0.975, dof))
+
+
+def _dof(dof, n: int) -> np.ndarray:
+    """Per-point degrees of freedom as a float array of length n (inf: an se known exactly, or none given)."""
+    if dof is None:
+        return np.full(n, np.inf)
+    dof = np.asarray(dof, dtype=np.float64).reshape(-1)
+    if len(dof) != n or np.any(dof < 1):
+        raise ValueError(f"dof must hold one value >= 1 per ladder point ({n}), got {dof.tolist()}")
+    return dof

@@ -4,8 +4,8 @@ Each oracle answers `discrete(eta, steps, test)` = E g(x_k) of SGD and `sde(eta,
 = E g(X_t) of SGD's order-1 or order-2 SME, or None when it does not cover that test function.
 Both are exact to rounding, so weak errors computed from them have no sampling error at all.
 `stationary_spread` gives the long-run spread of SGD with a constant ρ on the quadratic and of both SDEs.
-`AdaptiveQuadraticOracle` gives E g(θ_T) of the RMSprop and Adam SDEs on the quadratic, and of their Euler–Maruyama
-solutions, from linear moment equations.
+`AdaptiveQuadraticOracle` gives E g(θ_t) of the RMSprop and Adam SDEs on the quadratic, and of their Euler–Maruyama
+solutions, from linear moment equations, for every gradient-noise law (the SDE sees Σ alone).
 """
 
 from __future__ import annotations
@@ -131,11 +131,16 @@ class AdaptiveQuadraticOracle:
         RMSprop:  A = −P⁻¹H,                       B = −σ₀P⁻¹S
         Adam:     A = [[0, −(√γ₂/γ₁)P⁻¹], [c₁H, −c₁I]],   B = [[0], [c₁σ₀S]]
 
-    Its mean μ and covariance C solve μ' = Aμ, C' = AC + CAᵀ + BBᵀ (scipy's DOP853, tolerances 1e-12), and
-    E|θ|² = |μ_θ|² + tr C_θθ. Euler–Maruyama at step dt (u and t stepped by the same scheme) has exact moments too,
+    Its mean μ and covariance C solve μ' = Aμ, C' = AC + CAᵀ + BBᵀ (scipy's DOP853, tolerances 1e-12). θ is
+    Gaussian, so every test function with a Gaussian closed form is exact: |θ|², L, θ₀, cos(aᵀθ), |θ|⁴
+    (`TESTS`). Euler–Maruyama at step dt (u and t stepped by the same scheme) is Gaussian too, with exact moments
     μ ← (I + A dt)μ, C ← (I + A dt)C(I + A dt)ᵀ + BBᵀ dt, so a Monte Carlo reference's own bias is known exactly.
+    The SDE is the same for every gradient-noise law of the process (it sees Σ alone), so the oracle is too; it
+    refuses the SDEs that are not linear (v-noise makes u random, the ballistic regime puts ∇L² in u's drift).
     Adam needs a warm start (t₀ > 0): at t = 0 its drift m/γ₁ is 0/0.
     """
+
+    TESTS = ("norm2", "loss", "coord0", "cos", "norm4")
 
     def __init__(self, hessian, factor, x0, setting):
         self.h = np.asarray(hessian, dtype=np.float64)
@@ -143,6 +148,9 @@ class AdaptiveQuadraticOracle:
         self.setting = setting
         if setting.kind == "adam" and setting.t0 <= 0:
             raise ValueError("the Adam oracle needs a warm start (t0 > 0): its drift m/γ₁ is 0/0 at t = 0")
+        if getattr(setting, "regime", "diffusive") != "diffusive" or getattr(setting, "v_noise", False):
+            raise ValueError("the adaptive oracle covers the diffusive regime's SDEs without v-noise: the others are "
+                             "not linear (random u, or ∇L² in u's drift)")
         d = len(self.h)
         self.d, self.sigma = d, self.s @ self.s.T  # Σ, constant: made once, not at every step of the moments
         self.variances = np.diag(self.sigma).copy()  # diag Σ
@@ -179,17 +187,37 @@ class AdaptiveQuadraticOracle:
         return self.variances + (self.u0 - self.variances) * np.exp(-self.setting.c2 * (t - self.setting.t0))
 
     def _test(self, mean: np.ndarray, cov: np.ndarray, test: str):
+        """E g(θ) for θ ~ N(mean, cov) (the first d entries of the state's), or None for a g not in `TESTS`."""
         m, c = mean[:self.d], cov[:self.d, :self.d]
         if test == "norm2":
             return float(m @ m + np.trace(c))
         if test == "loss":
             return float(0.5 * (m @ self.h @ m + np.trace(self.h @ c)))
+        if test == "coord0":
+            return float(m[0])
+        if test == "cos":
+            a = cos_direction(self.d).numpy()
+            return float(np.cos(a @ m) * np.exp(-0.5 * a @ c @ a))
+        if test == "norm4":  # E|θ|⁴ = (|m|² + tr C)² + 2 tr C² + 4 mᵀCm for a Gaussian
+            second = m @ m + np.trace(c)
+            return float(second**2 + 2.0 * np.trace(c @ c) + 4.0 * m @ c @ m)
         return None
 
-    def sde(self, horizon: float, test: str = "norm2"):
-        """E g(θ) of the SDE after `horizon` of SDE time from t₀ (g: "norm2" or "loss"; None for others)."""
+    def _times(self, horizon: float, times) -> np.ndarray:
+        """The SDE times from t₀ to answer at: `times` (increasing, in (0, horizon]) or just the horizon."""
+        times = np.array([horizon] if times is None else times, dtype=np.float64)
+        if np.any(np.diff(times) <= 0) or times[0] <= 0 or times[-1] > horizon * (1 + 1e-12):
+            raise ValueError(f"times must increase within (0, horizon = {horizon:g}], got {times.tolist()}")
+        return times
+
+    def sde(self, horizon: float, test: str = "norm2", times=None):
+        """E g(θ) of the SDE after `horizon` of SDE time from t₀ (g one of `TESTS`; None for others); with `times`
+        (n,) increasing in (0, horizon], the values at each of them as an (n,) array."""
         from scipy.integrate import solve_ivp
 
+        if test not in self.TESTS:
+            return None
+        at = self._times(horizon, times)
         n = len(self.y0)
 
         def moments(t, flat):
@@ -199,24 +227,34 @@ class AdaptiveQuadraticOracle:
 
         t0 = self.setting.t0
         start = np.concatenate([self.y0, np.zeros(n * n)])
-        done = solve_ivp(moments, (t0, t0 + horizon), start, method="DOP853", rtol=1e-12, atol=1e-14)
+        done = solve_ivp(moments, (t0, t0 + at[-1]), start, method="DOP853", t_eval=t0 + at, rtol=1e-12, atol=1e-14)
         if not done.success:
             raise RuntimeError(f"the moment equations did not solve: {done.message}")
-        end = done.y[:, -1]
-        return self._test(end[:n], end[n:].reshape(n, n), test)
+        values = np.array([self._test(y[:n], y[n:].reshape(n, n), test) for y in done.y.T])
+        return float(values[-1]) if times is None else values
 
-    def euler_maruyama(self, horizon: float, dt: float, test: str = "norm2"):
-        """E g(θ) of the SDE's Euler–Maruyama solution at step dt after `horizon` (a whole number of steps)."""
+    def euler_maruyama(self, horizon: float, dt: float, test: str = "norm2", times=None):
+        """E g(θ) of the SDE's Euler–Maruyama solution at step dt after `horizon` (a whole number of steps); with
+        `times` (each a whole number of steps), the values at each of them as an (n,) array."""
         steps = int(round(horizon / dt))
         if abs(steps * dt - horizon) > 1e-9 * horizon:
             raise ValueError(f"dt = {dt:g} does not divide horizon = {horizon:g}")
+        if test not in self.TESTS:
+            return None
+        at = self._times(horizon, times)
+        marks = np.round(at / dt).astype(int)
+        if np.any(np.abs(marks * dt - at) > 1e-9 * horizon):
+            raise ValueError(f"dt = {dt:g} does not divide the times {at.tolist()}")
         s = self.setting
         mean, cov = self.y0.copy(), np.zeros((len(self.y0), len(self.y0)))
         u, t = self.u0.copy(), float(s.t0)
         eye = np.eye(len(mean))
-        for _ in range(steps):
+        values = []
+        for k in range(1, marks[-1] + 1):
             a, bb = self._coefficients(t, u)
             step = eye + dt * a
             mean, cov = step @ mean, step @ cov @ step.T + dt * bb
             u, t = u + dt * s.c2 * (self.variances - u), t + dt
-        return self._test(mean, cov, test)
+            if k in marks:
+                values.append(self._test(mean, cov, test))
+        return float(values[-1]) if times is None else np.array(values)

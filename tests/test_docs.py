@@ -205,10 +205,11 @@ def _readme_table(header: str, skip_column: int) -> Callable:
 
 
 FIGURES = ("multiplier", "exact_orders", "weak_error", "order_two", "minibatch", "caps", "double_well_density",
-           "adaptive", "stationary_spread")  # figures/README.md's table
+           "adaptive", "adaptive_orders", "stationary_spread")  # figures/README.md's table
 # The demo's own settings cut to seconds (overrides of demo_cpu.yaml, which the demo documents): its runs take
 # 24 min in full and 4 min in quick mode, too long for a test; the commands run with these appended.
 SHORT_DEMO = "train.steps=2 train.eval_every=2 train.checkpoint_every=2 eval.max_questions=8 warm_start.steps=4"
+SHORT_STUDY = SHORT_DEMO + " eval.samples=2"  # the study's overrides come after its preset's, as the demo's
 TINY_RUN = "runs/tiny_cpu-seed0"  # the run the README's CPU block makes, for the commands that name a RUN
 QWEN_CONFIG = "llm_runs/configs/qwen3_8b_chemistry_pgpo_a1.yaml"
 NO_DATA = "data/sciknoweval/chemistry/train.json does not exist"
@@ -293,17 +294,17 @@ REGISTRY: dict[str, Check] = {
         slow("(0.993", "'order 1 holds'"),
     # README: sde_lab
     "python -m sde_lab verify --quick":
-        slow("18 of 18 claims borne out", _readme_table("| problem             | process ", skip_column=4)),
-    "python -m sde_lab verify": slow("27 of 27"),
+        slow("20 of 20 claims borne out", _readme_table("| problem             | process ", skip_column=4)),
+    "python -m sde_lab verify": slow("47 of 47"),
     # the full figures take 357 s on a 2-core CPU (the adaptive one alone 215 s): `--quick`, which the same
     # README documents, makes every one of them in about a minute
-    "python -m sde_lab figures": slow("9 figures written", runs="python -m sde_lab figures --quick",
+    "python -m sde_lab figures": slow("10 figures written", runs="python -m sde_lab figures --quick",
                                       files=tuple(f"figures/{n}.{e}" for n in FIGURES for e in ("png", "pdf", "json"))),
     "python -m sde_lab figures --only adaptive": slow("1 figures written", files=("figures/adaptive.png",),
                                                       runs="python -m sde_lab figures --quick --only adaptive"),
     "python -m sde_lab figures --only exact_orders": run("1 figures written", files=("figures/exact_orders.json",)),
     "python -m sde_lab figures --only order_two": slow("1 figures written", files=("figures/order_two.pdf",)),
-    "python -m sde_lab figures --replot": slow("9 figures written", folder="figures",
+    "python -m sde_lab figures --replot": slow("10 figures written", folder="figures",
                                                files=tuple(f"figures/{n}.png" for n in FIGURES)),
     "python -m sde_lab bench": slow("sde_lab engine", "sdeint itoEuler", "path-steps/s"),
     "sde_lab.sme.models_and_orders()": run("ModelOrder(label='SGD/SME'"),
@@ -370,6 +371,16 @@ REGISTRY: dict[str, Check] = {
         slow('"copy_rate"', folder="demo", files=("runs/warm_start/final/config.json",)),  # reads the demo's data
     "python -m llm_runs compare runs/demo/runs/sdpo-seed* runs/demo/runs/pgpo_a1-seed*":
         slow("Validation mean@8 (%), mean ± std over seeds (ddof 1)", "Δ PGPO α=1 − SDPO", folder="demo"),
+    # README and docs/results.md: the study, cut to seconds by SHORT_STUDY (its full runs take about two hours)
+    "python -m llm_runs study --quick": slow("report:", "PGPO α=0.5 normalised I", "SDPO ρ-replay",
+                                             runs=f"python -m llm_runs study --quick {SHORT_STUDY}",
+                                             files=("runs/study_quick/llm_study_quick.json",
+                                                    "runs/study_quick/llm_study_quick.png")),
+    "python -m llm_runs study": slow("report:", runs='python -m llm_runs study --seeds 2 --arms "SDPO,SDPO ρ-replay" '
+                                                    f"--settings demo {SHORT_STUDY}",
+                                     files=("figures/llm_study.json", "figures/llm_study.png", "figures/llm_study.pdf")),
+    "python -m llm_runs study --replot": illustrative("redraws figures/llm_study.json, which the full study writes "
+                                                      "and which is not yet committed (docs/results.md: not yet run)"),
     # README and docs/training.md: the paper's runs, on the hub's data and model and on GPUs
     "python -m llm_runs data sciknoweval --out data/sciknoweval": hub("hicai-zju/SciKnowEval", "--source DIR"),
     f"python -m llm_runs train --config {QWEN_CONFIG}": hub(NO_DATA),

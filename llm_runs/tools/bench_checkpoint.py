@@ -165,3 +165,11 @@ def run(shape: str = "qwen3-8b", layers: int | None = None, repeats: int = 3, dt
 
 def report(result: dict) -> str:
     return json.dumps(result, indent=1)
+
+
+def command(args) -> int:
+    """`python -m llm_runs bench-checkpoint`: the JSON on rank 0's stdout."""
+    result = run(args.shape, args.layers, args.repeats, args.dtype, args.device, args.out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(report(result))
+    return 0

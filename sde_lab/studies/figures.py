@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from pgpo import PAPER_STYLE, Multiplier
 from sde_lab import catalog
-from sde_lab.adaptive import family_named
+from sde_lab.adaptive import adaptive_weak_error, family_named, one_step_mismatch
 from sde_lab.density import sde_law
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.oracles import stationary_spread
@@ -338,6 +338,102 @@ def _adaptive_draw(data: dict):
 
 
 # ---------------------------------------------------------------------------------------------
+# the adaptive harness: which SDE is order 1, which order ½, which order 2, in which regime
+
+ORDERS_LAWS = [  # (label, noise): RMSprop on the quadratic against its SDE, by the gradient noise's law
+    ("Gaussian", "gaussian"), ("Laplace", "laplace"), ("Rademacher", "rademacher"), ("centred exponential", "exponential"),
+]
+ORDERS_MINIBATCH = [  # (label, family, noise, g): the 1-D linear regression, real mini-batches against Gaussian noise
+    ("Adam, Gaussian noise, g = |θ|²", "Adam-SDE", "gaussian", "norm2"),
+    ("Adam, mini-batches, g = |θ|²", "Adam-SDE", "sample", "norm2"),
+    ("RMSprop, mini-batches, g = θ₀", "RMSprop-SDE", "sample", "coord0"),
+]
+ORDERS_BALLISTIC = [  # (label, family): the ballistic regime's SDEs of RMSprop
+    ("order-1 SDE (b₀)", "RMSprop-SDE[ballistic]"),
+    ("order-2 SDE without v-noise", "RMSprop-SDE-2[ballistic, no v-noise]"),
+    ("order-2 SDE", "RMSprop-SDE-2[ballistic]"),
+]
+ORDERS_LOCAL = [  # (label, family): one step, exact over the mini-batches
+    ("RMSprop, order 1", "RMSprop-SDE[ballistic]"), ("RMSprop, order 2 without v-noise", "RMSprop-SDE-2[ballistic, no v-noise]"),
+    ("RMSprop, order 2", "RMSprop-SDE-2[ballistic]"), ("Adam, order 1", "Adam-SDE[ballistic]"),
+    ("Adam, order 2", "Adam-SDE-2[ballistic]"), ("PGPO-RMSprop, order 2", "PGPO-RMSprop-SDE-2[ballistic, ρ in θ's drift and diffusion]"),
+]
+
+
+def _orders_series(problem, family: str, label: str, etas, paths: int, seed: int, noise: str, test_fn: str) -> dict:
+    kwargs = family_named(family).measured_with(SMOOTH, t0=1.0, noise=noise, **ADAPTIVE)
+    r = adaptive_weak_error(problem, etas, 1.0, kwargs["adaptive"], kwargs["multiplier"], kwargs["rho_in"],
+                            test_fn=test_fn, paths=paths, seed=seed)
+    series = _series(r, label)
+    series["etas"] = r.fit_steps.tolist()  # against h = η², the step its order is claimed in
+    series["reference"] = r.reference
+    return series
+
+
+def _adaptive_orders_data(quick: bool) -> dict:
+    scale = 16 if quick else 1  # the quick figure: a sixteenth of the paths, a shorter ladder
+    quadratic, logistic, q1d = catalog.quadratic(), catalog.logistic_regression(), catalog.quadratic(**Q1D)
+    regression = catalog.linear_regression(**MINIBATCH)
+    laws = [_orders_series(quadratic, "RMSprop-SDE", label, ladder(1, 3 if quick else 4), 32000 // scale, 21, noise,
+                           "coord0") for label, noise in ORDERS_LAWS]
+    batches = [_orders_series(regression, family, label, ladder(1, 3 if quick else 4), 16000 // scale, 22, noise, test)
+               for label, family, noise, test in ORDERS_MINIBATCH]
+    ballistic = [_orders_series(q1d, family, label, ladder(1, 3), 16000 // scale, 23, "gaussian", "norm2")
+                 for label, family in ORDERS_BALLISTIC]
+    steps = [2.0**-k for k in range(3, 10)]
+    local = []
+    for label, family in ORDERS_LOCAL:
+        kwargs = family_named(family).measured_with(SMOOTH, t0=1.0, noise="sample", **ADAPTIVE)
+        mismatch = [one_step_mismatch(logistic, kwargs["adaptive"], kwargs["multiplier"], kwargs["rho_in"], h**0.5)
+                    for h in steps]
+        local.append({"label": label, "h": steps, "mean": [m for m, _ in mismatch], "second": [v for _, v in mismatch]})
+    return {"setting": dict(ADAPTIVE), "horizon": 1.0, "t0": 1.0, "laws": laws, "minibatch": batches,
+            "ballistic": ballistic, "local": local, "multiplier": "smooth cap, α = 2, ρ_max = 2"}
+
+
+def _slope_through(ax, h, coarsest_error: float, order: float, style: str) -> None:
+    """A reference slope `order` through a series' coarsest point (its best-resolved error)."""
+    h = np.asarray(h)
+    ax.plot(h, abs(coarsest_error) * (h / h[0]) ** order, style, color="gray", lw=0.8, label=f"slope {order:g}")
+
+
+def _adaptive_orders_draw(data: dict):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(11.0, 3.6))
+    panels = [(data["laws"], ((0, 1), (-1, 0.5)), "diffusive: RMSprop, quadratic, g = θ₀,\nby noise law (exact reference)"),
+              (data["minibatch"], ((0, 1), (1, 0.5)),
+               "diffusive: 1-D linear regression (n = 8),\nreal mini-batches (Euler–Maruyama ref.)"),
+              (data["ballistic"], ((0, 1), (-1, 2)), "ballistic: RMSprop, 1-D quadratic, g = |θ|²\n(Euler–Maruyama reference)")]
+    for ax, (series, references, title) in zip(axes, panels):
+        for one in series:
+            _draw_series(ax, one)
+        for (which, order), style in zip(references, (":", "-.")):  # each slope through the series that claims it
+            _slope_through(ax, series[which]["etas"], series[which]["errors"][0], order, style)
+        ax.set(xlabel="SDE step h = η²", ylabel="|weak error|, 95% CI", title=title)
+        ax.title.set_fontsize(7.5)
+        ax.legend(fontsize=5, loc="lower right", framealpha=0.85)
+    ax = axes[3]
+    for one in data["local"]:
+        ax.loglog(one["h"], np.maximum(one["mean"], one["second"]), "o-", ms=3, lw=1, label=one["label"])
+    by_label = {one["label"]: one for one in data["local"]}
+    for label, order, style in (("RMSprop, order 1", 2, ":"), ("RMSprop, order 2", 3, "-.")):
+        one = by_label[label]
+        _slope_through(ax, one["h"], max(one["mean"][0], one["second"][0]), order, style)
+    _eta_ticks(ax, data["local"][0]["h"])
+    ax.set(xlabel="SDE step h", ylabel="one-step mismatch (max of mean, 2nd moment)",
+           title="ballistic, one step, exact over mini-batches:\nO(h³) is local order 2, O(h²) order 1")
+    ax.title.set_fontsize(7.5)
+    ax.legend(fontsize=5, loc="lower right", framealpha=0.85)
+    s = data["setting"]
+    fig.suptitle(f"Which adaptive SDE is order ½, 1 or 2 in h, in which regime: σ₀ = {s['sigma0']:g}, ε₀ = {s['eps0']:g}, "
+                 f"c₁ = c₂ = {s['c2']:g}, warm start t₀ = {data['t0']:g}, T = {data['horizon']:g}; slopes in h [95% CI]; "
+                 f"open markers: negative errors", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
 # hard cap (a kink in ρ) against the smooth cap
 
 
@@ -484,6 +580,9 @@ FIGURES = [
            "at order 1", _minibatch_data, _minibatch_draw),
     Figure("adaptive", "RMSprop, Adam and PGPO on Adam against their SDEs, weak error vs the SDE step h = η², and the "
            "placements of ρ that fail", _adaptive_data, _adaptive_draw, long=True),
+    Figure("adaptive_orders", "the adaptive harness: order ½ in h for a skewed gradient noise and real mini-batches, 1 for a "
+           "symmetric law (diffusive regime); order 1 and 2 in the ballistic regime, globally and one step at a time",
+           _adaptive_orders_data, _adaptive_orders_draw, long=True),
     Figure("caps", "hard cap (kink) vs smooth cap, against the order-1 and order-2 scaled SDEs, and ρ along the path",
            _caps_data, _caps_draw),
     Figure("double_well_density", "marginal densities of SGD/PGPO iterates on the double well at three η against the "
@@ -508,7 +607,10 @@ def _make(task: tuple[str, str, bool, bool]) -> list[Path]:
     if replot:
         if not data_path.exists():
             raise FileNotFoundError(f"--replot needs {data_path}; run without --replot first")
-        data = json.loads(data_path.read_text())
+        try:
+            data = json.loads(data_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{data_path} is not figure data ({err}); run without --replot to compute it again") from None
     else:
         start = time.perf_counter()
         data = figure.compute(quick)
@@ -522,15 +624,33 @@ def _make(task: tuple[str, str, bool, bool]) -> list[Path]:
     return [out / f"{figure.name}.{ext}" for ext in ("json", "png", "pdf")]
 
 
+def names() -> list[str]:
+    """The figures' names, in the order they are made."""
+    return [f.name for f in FIGURES]
+
+
+def saved(out: str | Path, wanted) -> list[str]:
+    """The names among `wanted` whose data a replot reads, NAME.json in the folder `out`."""
+    return [name for name in wanted if (Path(out) / f"{name}.json").is_file()]
+
+
 def run(out: str | Path = "figures", quick: bool = False, replot: bool = False, only: str | None = None,
         progress: bool = True, jobs: int | None = 1) -> list[Path]:
     """Compute (or, with `replot`, read) each figure's data and write NAME.json, NAME.png and NAME.pdf; `jobs`
-    figures at a time, each in a process of its own (None: one per core; `sde_lab.studies.parallel`)."""
+    figures at a time, each in a process of its own (None: one per core; `sde_lab.studies.parallel`). A replot
+    redraws the figures whose data `out` holds, and refuses (FileNotFoundError) when it holds none of them."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     selected = [f for f in FIGURES if only is None or f.name == only]
     if only is not None and not selected:
-        raise ValueError(f"unknown figure {only!r}; figures are {[f.name for f in FIGURES]}")
+        raise ValueError(f"unknown figure {only!r}; figures are {names()}")
+    if replot:
+        have = saved(out, [f.name for f in selected])
+        if not have:
+            raise FileNotFoundError(f"--replot found no saved figure data ({', '.join(f.name + '.json' for f in selected)})"
+                                    f" in {out}/; run without --replot first")
+        selected = [f for f in selected if f.name in have]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
     tasks = [(f.name, str(out), quick, replot) for f in selected]
     made = run_all(_make, tasks, jobs, desc="figures", progress=progress,
                    first=[i for i, f in enumerate(selected) if f.long])

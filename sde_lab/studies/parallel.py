@@ -65,10 +65,12 @@ def run_all(fn: Callable, items: Sequence, jobs: int | None = 1, desc: str = "",
     bar = tqdm(total=len(items), desc=desc, disable=not progress)
     if jobs <= 1:
         results = []
-        for item in items:
-            results.append(fn(item))
-            bar.update()
-        bar.close()
+        try:
+            for item in items:
+                results.append(fn(item))
+                bar.update()
+        finally:
+            bar.close()  # before an error is reported, not after it (the bar's last line would follow it)
         return results
     ahead = sorted(set(first))
     order = ahead + [i for i in range(len(items)) if i not in first]

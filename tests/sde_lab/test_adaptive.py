@@ -295,6 +295,6 @@ def test_the_oracle_refuses_what_it_cannot_answer():
     with pytest.raises(ValueError, match="quadratic with a constant noise factor"):
         AdaptiveQuadraticOracle.of(catalog.logistic_regression(), Adaptive("rmsprop", **ADAPTIVE))
     oracle = AdaptiveQuadraticOracle.of(catalog.quadratic(), Adaptive("rmsprop", **ADAPTIVE))  # no singular start
-    assert oracle.sde(1.0, "cos") is None
+    assert oracle.sde(1.0, "custom") is None and oracle.euler_maruyama(1.0, 0.25, "custom") is None  # not Gaussian-closed
     with pytest.raises(ValueError, match="does not divide"):
         oracle.euler_maruyama(1.0, 0.3)

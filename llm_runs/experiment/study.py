@@ -1,0 +1,331 @@
+"""`python -m llm_runs study [--quick]`: is PGPO more than a larger learning rate? (`docs/results.md`)
+
+The demo's task, warm start and resumable run folders (`llm_runs.experiment.demo`), with every arm of `ARMS` in
+both `SETTINGS`, paired by seed: for one seed every arm draws the same prompts in the same order and samples
+with the same rollout seeds (`train.seed`), so a paired difference removes the seed's own luck.
+
+- the arms are config settings of the trainer (`llm_runs.schema.PGPOConfig`): SDPO; PGPO α ∈ {0.5, 1, 2}; ρ per
+  sequence and I normalised by its running mean (both new); and two controls read from the same seed's PGPO α = 1
+  run, so they run after it: SDPO at lr × ρ̄ (ρ̄: that run's mean ρ) and SDPO with that run's ρ_t replayed as
+  a learning-rate schedule (`pgpo.replay_rho`: the same SDE time Σ lr·ρ step by step, no coupling to the batch);
+- runs go to `<out>/runs/<setting>/<arm>-seed<k>`; a finished one is reused, a killed one resumes from its
+  last checkpoint; `--jobs` processes run them (one torch thread each);
+- the report (`report`): per arm and setting the mean final held-out mean@k with a 95 % t interval, paired
+  differences (t) against SDPO and against the replayed schedule, the collapse rate (`COLLAPSE`, Wilson
+  interval) and whether the SDE diagnostics moved before a collapse (`precursors`); JSON + one figure.
+
+Every number here was fixed before any study run: seeds 0…K−1, the arms' α, the collapse thresholds, the sizing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from llm_runs.config import from_dict, load
+from llm_runs.experiment.demo import CONFIG, TASK, warm_start_checkpoint
+from llm_runs.experiment.study_report import draw, save_figure, table  # noqa: F401  the report's rendering
+from llm_runs.experiment.synthetic import write_splits
+from llm_runs.schema import ConfigError
+
+REFERENCE = "PGPO α=1"  # the PGPO run whose ρ the controls read (the paper's default α)
+# name → overrides; "{reference}" is the same setting's and seed's REFERENCE run folder
+ARMS = {
+    "SDPO": ["pgpo.enabled=false"],
+    "SDPO lr×ρ̄": ["pgpo.enabled=false", "pgpo.replay_rho={reference}", "pgpo.replay_rho_mode=mean"],
+    "SDPO ρ-replay": ["pgpo.enabled=false", "pgpo.replay_rho={reference}", "pgpo.replay_rho_mode=schedule"],
+    "PGPO α=0.5": ["pgpo.enabled=true", "pgpo.alpha=0.5"],
+    "PGPO α=1": ["pgpo.enabled=true", "pgpo.alpha=1.0"],
+    "PGPO α=2": ["pgpo.enabled=true", "pgpo.alpha=2.0"],
+    "PGPO α=1 per-sequence": ["pgpo.enabled=true", "pgpo.alpha=1.0", "pgpo.per_sequence=true"],
+    # α = 0.5 on I / Ī: ρ = 1.5 at an average batch, mid-way to the cap, where α = 1 would sit on it
+    "PGPO α=0.5 normalised I": ["pgpo.enabled=true", "pgpo.alpha=0.5", "pgpo.normalize_information=true"],
+}
+CONTROLS = ("SDPO", "SDPO ρ-replay")  # the paired differences are taken against these
+SETTINGS = {
+    "demo": [],  # the demo's: ground-truth demonstrations, a frozen teacher
+    "collapse": ["teacher.demonstration=sibling", "teacher.kind=ema"],  # SDPO's rule; collapsed in the demo
+}
+# The sized full study (docs/results.md, "Sizing"): 10 seeds × 8 arms × 2 settings = 160 runs on 2 cores
+FULL = {"seeds": 10, "overrides": ["train.steps=300", "train.eval_every=100", "train.checkpoint_every=50",
+                                   "rollout.prompts_per_step=16", "loss.micro_batch_size=32"]}
+# every arm once on a few steps, for CI (under 5 minutes on 2 cores, warm start included)
+QUICK = {"seeds": 1, "overrides": ["train.steps=3", "train.eval_every=3", "train.checkpoint_every=2",
+                                   "rollout.prompts_per_step=4", "loss.micro_batch_size=8", "eval.max_questions=8",
+                                   "eval.samples=2", "warm_start.steps=30"]}
+# Collapse, fixed before any study run: the 10-step running mean of the training reward (fraction of correct
+# rollouts) below 0.10 — well under chance, 0.25, which the warm start answers at — or of the student's entropy
+# below 0.01 nats per token, at any step after the warm-up; or a final held-out mean@k below 0.10. Onset: the
+# first such step. (The README's collapses: accuracy to 0 with entropy 0.03–0.05; a stall at entropy 0.007.)
+COLLAPSE = {"window": 10, "reward_below": 0.10, "entropy_below": 0.01, "final_below": 0.10}
+PRECURSOR_WINDOW = 10  # steps before the onset compared with the first steps of the run
+DIAGNOSTICS = ("noise_scale_ema", "temperature")
+
+
+def slug(name: str) -> str:
+    return (name.lower().replace(" ", "_").replace("α=", "a").replace("×", "x").replace("ρ̄", "rhobar")
+            .replace("ρ", "rho"))
+
+
+def run_dir(out: Path, setting: str, arm: str, seed: int) -> Path:
+    return out / "runs" / setting / f"{slug(arm)}-seed{seed}"
+
+
+def run_config(out: Path, setting: str, arm: str, seed: int, checkpoint: Path, overrides: list[str]):
+    """The run's config: demo_cpu.yaml ← the study's overrides ← the setting's ← the arm's, its seed and folder."""
+    folder = run_dir(out, setting, arm, seed)
+    reference = run_dir(out, setting, REFERENCE, seed).resolve()
+    arm_overrides = [o.replace("{reference}", str(reference)) for o in ARMS[arm]]
+    return load(CONFIG, [*overrides, *SETTINGS[setting], "model.tiny=false", f"model.path={checkpoint}",
+                         f"train.seed={seed}", f"train.output_dir={folder.parent}", f"train.run_name={folder.name}",
+                         "train.report_to=none", *arm_overrides]), folder
+
+
+def run_one(task: tuple) -> tuple:
+    """One run (in a worker process): reused when finished, resumed from its checkpoint when interrupted."""
+    out, setting, arm, seed, checkpoint, overrides = task
+    import torch
+
+    torch.set_num_threads(1)  # one core per job: --jobs processes share the machine
+    from transformers.utils import logging as hf_logging
+
+    from llm_runs.trainer import Trainer
+
+    hf_logging.disable_progress_bar()  # a bar per saved shard, from every worker, would bury the study's lines
+
+    config, folder = run_config(Path(out), setting, arm, seed, Path(checkpoint), overrides)
+    if (folder / "config.yaml").exists():
+        saved = from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+        if saved.to_dict() != config.to_dict():
+            raise ConfigError(f"{folder} holds a run with other settings; choose another --out (or remove it)")
+    if (folder / "summary.json").exists():
+        return task, False
+    trainer = Trainer(config, folder, progress=False)
+    if not trainer.resume() and (folder / "metrics.jsonl").exists():
+        (folder / "metrics.jsonl").unlink()  # stopped before its first checkpoint: start again
+    trainer.train()
+    return task, True
+
+
+def plan(arms, settings, seeds) -> list[tuple[str, str, int]]:
+    """(setting, arm, seed) in the order they may start: the reference runs first (the controls wait for them)."""
+    arms = list(arms)
+    if any("{reference}" in " ".join(ARMS[a]) for a in arms) and REFERENCE not in arms:
+        arms.insert(0, REFERENCE)  # a control needs its PGPO run
+    order = sorted(arms, key=lambda a: (a != REFERENCE, "{reference}" in " ".join(ARMS[a])))
+    return [(s, a, k) for k in seeds for a in order for s in settings]
+
+
+def execute(out: Path, tasks: list[tuple[str, str, int]], checkpoint: Path, overrides: list[str], jobs: int,
+            log=print) -> dict:
+    """Run `tasks` over `jobs` processes, a control only once its reference run is finished; {"trained": [...],
+    "reused": [...]} folder names."""
+    done_refs: set = set()
+    waiting = list(tasks)
+    trained, reused = [], []
+
+    def ready(t):
+        return "{reference}" not in " ".join(ARMS[t[1]]) or (t[0], t[2]) in done_refs
+
+    def finish(task, fresh):
+        _, setting, arm, seed, _, _ = task
+        (trained if fresh else reused).append(str(run_dir(out, setting, arm, seed).relative_to(out)))
+        if arm == REFERENCE:
+            done_refs.add((setting, seed))
+        log(f"{'trained' if fresh else 'reused '} {setting}/{arm} seed {seed} "
+            f"({len(trained) + len(reused)}/{len(tasks)})")
+
+    def pack(t):
+        return (str(out), t[0], t[1], t[2], str(checkpoint), list(overrides))
+
+    if jobs <= 1:
+        while waiting:
+            t = next(t for t in waiting if ready(t))
+            waiting.remove(t)
+            finish(*run_one(pack(t)))
+        return {"trained": trained, "reused": reused}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        running = set()
+        while waiting or running:
+            for t in [t for t in waiting if ready(t)][:max(0, jobs - len(running))]:
+                waiting.remove(t)
+                running.add(pool.submit(run_one, pack(t)))
+            if not running:
+                raise RuntimeError(f"no run can start: {waiting[:3]} wait for reference runs that are not planned")
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                finish(*f.result())
+    return {"trained": trained, "reused": reused}
+
+
+# -- the report ------------------------------------------------------------------------------------------
+
+
+def read_rows(folder: Path) -> list[dict]:
+    rows = {}
+    for line in (folder / "metrics.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["step"]] = row  # a resumed run's redone step: the last row
+    return [rows[s] for s in sorted(rows)]
+
+
+def running_mean(values: list, width: int) -> np.ndarray:
+    """(steps,) values → (steps − width + 1,) means of `width` consecutive ones (a run shorter: its mean)."""
+    x = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    width = max(1, min(width, len(x)))
+    return np.convolve(x, np.ones(width) / width, mode="valid")
+
+
+def collapse_onset(rows: list[dict], final: float, warmup: int) -> int | None:
+    """The first step at which `COLLAPSE` holds (the running means end there), None if it never does; a final
+    held-out mean@k below `final_below` with no earlier onset: the last step."""
+    c = COLLAPSE
+    steps = [r["step"] for r in rows]
+    width = max(1, min(c["window"], len(rows)))
+    reward = running_mean([r["reward_mean"] for r in rows], width)
+    entropy = running_mean([r.get("entropy") for r in rows], width)
+    for i, step in enumerate(steps[width - 1:]):
+        if step > warmup and (reward[i] < c["reward_below"] or entropy[i] < c["entropy_below"]):
+            return step
+    return steps[-1] if final < c["final_below"] else None
+
+
+def window_mean(rows: list[dict], key: str, end: int, width: int) -> float | None:
+    """The mean of `key` over the `width` steps up to and including `end` (None values skipped)."""
+    values = [r.get(key) for r in rows if end - width < r["step"] <= end]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(values)) if values else None
+
+
+def summarise_run(folder: Path, warmup: int) -> dict:
+    """A run's final held-out mean@k, mean ρ, collapse onset and the diagnostics' windows."""
+    rows = read_rows(folder)
+    evals = [r["val_mean_at_k"] for r in rows if "val_mean_at_k" in r]
+    final = evals[-1] if evals else float("nan")
+    onset = collapse_onset(rows, final, warmup)
+    return {"final": final, "rho_mean": float(np.mean([r["rho"] for r in rows])), "steps": rows[-1]["step"],
+            "collapsed": onset is not None, "onset": onset,
+            "eval": [(r["step"], r["val_mean_at_k"]) for r in rows if "val_mean_at_k" in r],
+            "sde_time": rows[-1].get("sde_time"),
+            "diagnostics": {k: [r.get(k) for r in rows] for k in DIAGNOSTICS}}
+
+
+def t_interval(values) -> dict:
+    """Mean and its 95 % t interval ((n,) values); no interval from fewer than two."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    out = {"n": int(len(x)), "mean": float(x.mean()) if len(x) else None, "low": None, "high": None}
+    if len(x) > 1 and np.ptp(x) > 0:
+        low, high = stats.ttest_1samp(x, 0.0).confidence_interval(0.95)
+        out.update(low=float(low), high=float(high))
+    elif len(x) > 1:
+        out.update(low=float(x[0]), high=float(x[0]))  # all equal: no spread
+    return out
+
+
+def wilson(k: int, n: int) -> dict:
+    """A proportion k/n with its 95 % Wilson interval (a t interval is wrong for 0 or n of n)."""
+    if n == 0:
+        return {"k": 0, "n": 0, "rate": None, "low": None, "high": None}
+    z, p = 1.959963984540054, k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    # at 0 or n of n the bound is exactly 0 or 1 (the formula gives it up to rounding)
+    return {"k": k, "n": n, "rate": p, "low": 0.0 if k == 0 else max(0.0, centre - half),
+            "high": 1.0 if k == n else min(1.0, centre + half)}
+
+
+def precursors(runs: dict[str, list[dict]]) -> dict:
+    """Whether a collapse is preceded by a change in the noise scale or the temperature: for each collapsed run
+    the log-ratio of the diagnostic's mean over the `PRECURSOR_WINDOW` steps before the onset to its mean over
+    the run's first `PRECURSOR_WINDOW` steps; for the setting's runs that did not collapse, the same log-ratio at
+    the collapsed runs' median onset (the reference: what the quantity does anyway). Means with t intervals."""
+    every = [r for arm in runs.values() for r in arm]
+    collapsed = [r for r in every if r["collapsed"] and r["onset"] is not None]
+    out = {"collapsed_runs": len(collapsed), "window": PRECURSOR_WINDOW}
+    if not collapsed:
+        return out
+    median = int(np.median([r["onset"] for r in collapsed]))
+    for key in DIAGNOSTICS:
+        def log_ratio(r, end):
+            rows = [{"step": i + 1, key: v} for i, v in enumerate(r["diagnostics"][key])]
+            before = window_mean(rows, key, end - 1, PRECURSOR_WINDOW)
+            start = window_mean(rows, key, PRECURSOR_WINDOW, PRECURSOR_WINDOW)
+            return math.log(before / start) if before and start and before > 0 and start > 0 else None
+        a = [v for v in (log_ratio(r, r["onset"]) for r in collapsed) if v is not None]
+        b = [v for v in (log_ratio(r, median) for r in every if not r["collapsed"]) if v is not None]
+        entry = {"collapsed_log_ratio": t_interval(a), "stable_log_ratio": t_interval(b), "median_onset": median}
+        if len(a) > 1 and len(b) > 1:
+            from scipy import stats
+
+            low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+            entry["difference"] = {"mean": float(np.mean(a) - np.mean(b)), "low": float(low), "high": float(high)}
+        out[key] = entry
+    return out
+
+
+def report(out: Path, arms, settings, seeds, warmup: int) -> dict:
+    """The study's numbers from the run folders (nothing is trained here)."""
+    results = {}
+    for setting in settings:
+        runs = {a: [dict(seed=k, **summarise_run(run_dir(out, setting, a, k), warmup)) for k in seeds] for a in arms}
+        by_seed = {a: {r["seed"]: r["final"] for r in rs} for a, rs in runs.items()}
+        summary = {}
+        for arm, rs in runs.items():
+            entry = {"final": t_interval([r["final"] for r in rs]),
+                     "collapse": wilson(sum(r["collapsed"] for r in rs), len(rs)),
+                     "rho_mean": t_interval([r["rho_mean"] for r in rs]),
+                     "sde_time": t_interval([r["sde_time"] for r in rs if r["sde_time"] is not None])}
+            for control in CONTROLS:
+                if control in by_seed and control != arm:
+                    paired = [by_seed[arm][k] - by_seed[control][k] for k in seeds]
+                    entry[f"minus {control}"] = t_interval(paired)
+            summary[arm] = entry
+        results[setting] = {"summary": summary, "precursors": precursors(runs),
+                            "runs": {a: [{k: v for k, v in r.items() if k != "diagnostics"} for r in rs]
+                                     for a, rs in runs.items()}}
+    return results
+
+
+def figure_path(out: Path, quick: bool) -> Path:
+    """--quick writes to its --out folder only, never over the committed figures/llm_study.*"""
+    return out / "llm_study_quick" if quick else Path("figures") / "llm_study"
+
+
+def run(out: str | Path | None = None, quick: bool = False, seeds: int | None = None, jobs: int = 2,
+        arms=None, settings=None, overrides=(), log=print) -> dict:
+    """The whole study: data, warm start, every run (resumed), the report; returns the report's data."""
+    out = Path(out or ("runs/study_quick" if quick else "runs/study"))
+    preset = QUICK if quick else FULL
+    seeds = list(range(seeds if seeds is not None else preset["seeds"]))
+    arms = list(arms or ARMS)
+    settings = list(settings or SETTINGS)
+    unknown = [a for a in arms if a not in ARMS] + [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise ConfigError(f"unknown arms or settings {unknown}; arms are {list(ARMS)}, settings {list(SETTINGS)}")
+    start = time.perf_counter()
+    train_path, test_path = write_splits(out / "data", **TASK)
+    overrides = [*preset["overrides"], f"data.train={train_path}", f"data.test={test_path}", *overrides]
+    checkpoint, record = warm_start_checkpoint(out, overrides, progress=False)
+    tasks = plan(arms, settings, seeds)
+    done = execute(out, tasks, checkpoint, overrides, jobs, log)
+    arms = sorted({a for _, a, _ in tasks}, key=list(ARMS).index)
+    config = load(CONFIG, overrides)
+    data = {"question": "is PGPO more than a larger learning rate?", "task": TASK, "seeds": seeds, "quick": quick,
+            "arms": {a: ARMS[a] for a in arms}, "reference": REFERENCE, "settings": {s: SETTINGS[s] for s in settings},
+            "overrides": overrides, "steps": config.train.steps, "k": config.eval.samples, "chance": 0.25,
+            "collapse": COLLAPSE, "precursor_window": PRECURSOR_WINDOW, "warm_start": record,
+            "results": report(out, arms, settings, seeds, config.optim.warmup_steps),
+            "trained": done["trained"], "reused": done["reused"], "jobs": jobs,
+            "seconds": round(time.perf_counter() - start, 1)}
+    data["files"] = [str(p) for p in save_figure(data, figure_path(out, quick))]
+    return data

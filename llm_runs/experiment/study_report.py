@@ -1,0 +1,81 @@
+"""The rendering of the study's report (`llm_runs.experiment.study`): `table(data)`, the Markdown, and
+`save_figure(data, figure)`, the JSON, the Markdown and one figure (final accuracy and collapse per arm, with
+their intervals)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def table(data: dict) -> str:
+    """Markdown: per setting and arm, final mean@k (95 % t), paired differences, collapse rate (Wilson)."""
+    def fmt(e, scale=100.0):
+        if e is None or e.get("mean") is None:
+            return "–"
+        ci = f" [{scale * e['low']:.1f}, {scale * e['high']:.1f}]" if e.get("low") is not None else ""
+        return f"{scale * e['mean']:.1f}{ci}"
+
+    k, lines = data["k"], []
+    for setting, result in data["results"].items():
+        lines += [f"**{setting}** ({len(data['seeds'])} seed{'s' if len(data['seeds']) > 1 else ''})", "",
+                  f"| arm | final mean@{k} (%) | − SDPO (points) | − ρ-replay (points) | collapsed | mean ρ |",
+                  "|---|---|---|---|---|---|"]
+        for arm, e in result["summary"].items():
+            c = e["collapse"]
+            lines.append(f"| {arm} | {fmt(e['final'])} | {fmt(e.get('minus SDPO'))} | {fmt(e.get('minus SDPO ρ-replay'))} "
+                         f"| {c['k']}/{c['n']} [{100 * c['low']:.0f}, {100 * c['high']:.0f}]% | {fmt(e['rho_mean'], 1.0)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def draw(data: dict):
+    """Two rows (final held-out mean@k; collapse rate), a column per setting; bars: 95 % intervals."""
+    import matplotlib.pyplot as plt
+
+    settings = list(data["results"])
+    fig, axes = plt.subplots(2, len(settings), figsize=(3.6 * len(settings), 5.2), squeeze=False, sharey="row")
+    for j, setting in enumerate(settings):
+        summary = data["results"][setting]["summary"]
+        arms = list(summary)
+        x = np.arange(len(arms))
+        for i, (key, label) in enumerate((("final", f"final held-out mean@{data['k']}"), ("collapse", "collapse rate"))):
+            ax = axes[i, j]
+            entries = [summary[a][key] for a in arms]
+            mean = np.array([e["mean" if key == "final" else "rate"] for e in entries], dtype=float)
+            low = np.array([np.nan if e["low"] is None else e["low"] for e in entries], dtype=float)
+            high = np.array([np.nan if e["high"] is None else e["high"] for e in entries], dtype=float)
+            err = np.nan_to_num(np.vstack([mean - low, high - mean]))
+            ax.errorbar(x, mean, yerr=err, fmt="o", capsize=3)
+            ax.set_xticks(x, arms if i == 1 else [], rotation=60, ha="right")
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel(label)
+            if i == 0:
+                ax.set_title(setting)
+                ax.axhline(data["chance"], color="grey", linestyle=":", linewidth=1)
+    fig.suptitle(f"{len(data['seeds'])} paired seed{'s' if len(data['seeds']) > 1 else ''}, {data['steps']} steps; 95 % t (accuracy), Wilson (collapse)")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(data: dict, figure: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pgpo import PAPER_STYLE
+
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    figure.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    figure.with_suffix(".md").write_text(table(data) + "\n")
+    with plt.style.context(PAPER_STYLE):
+        fig = draw(data)
+        for ext in ("png", "pdf"):
+            fig.savefig(figure.with_suffix(f".{ext}"))
+        plt.close(fig)
+    return [figure.with_suffix(f".{ext}") for ext in ("json", "md", "png", "pdf")]

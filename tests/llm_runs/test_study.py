@@ -1,0 +1,127 @@
+"""`python -m llm_runs study` end to end through the command line (a shortened --quick in a temporary folder),
+its resume, and the report's definitions on made-up rows."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm_runs.experiment import study
+
+ROOT = Path(__file__).resolve().parents[2]
+# --quick cut further (the test's own budget): its overrides come after the preset's
+SHORT = ["train.steps=2", "train.eval_every=2", "train.checkpoint_every=1", "warm_start.steps=5", "eval.max_questions=4"]
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "llm_runs", "study", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=900, env={"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
+                                                       "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+
+
+def check_report(data, arms, settings, seeds):
+    assert list(data["results"]) == settings and data["seeds"] == seeds
+    for setting in settings:
+        result = data["results"][setting]
+        assert list(result["summary"]) == arms
+        for arm, entry in result["summary"].items():
+            assert entry["final"]["n"] == len(seeds) and 0 <= entry["final"]["mean"] <= 1
+            assert entry["collapse"]["n"] == len(seeds)
+            assert ("minus SDPO" in entry) == (arm != "SDPO" and "SDPO" in arms)
+            assert ("minus SDPO ρ-replay" in entry) == (arm != "SDPO ρ-replay" and "SDPO ρ-replay" in arms)
+            assert [r["seed"] for r in result["runs"][arm]] == seeds
+        assert "collapsed_runs" in result["precursors"]
+
+
+@pytest.mark.slow  # 22–54 s measured, over a minute on a loaded machine
+def test_quick_study_runs_every_arm_in_both_settings_writes_only_to_out_and_resumes(tmp_path):
+    out = tmp_path / "study"
+    first = cli("--quick", "--jobs", "2", "--out", str(out), *SHORT, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = json.loads((out / "llm_study_quick.json").read_text())
+    check_report(data, list(study.ARMS), list(study.SETTINGS), [0])
+    assert len(data["trained"]) == len(study.ARMS) * len(study.SETTINGS) and not data["reused"]
+    assert all((out / f"llm_study_quick.{ext}").exists() for ext in ("png", "pdf", "md"))
+    assert not (tmp_path / "figures").exists()  # --quick never writes the committed figures/
+    # the replay arm's ρ is the reference run's, step by step
+    rows = {arm: [json.loads(x) for x in (study.run_dir(out, "demo", arm, 0) / "metrics.jsonl").read_text().splitlines()]
+            for arm in ("PGPO α=1", "SDPO ρ-replay")}
+    assert [r["effective_lr"] for r in rows["SDPO ρ-replay"]] == [r["effective_lr"] for r in rows["PGPO α=1"]]
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("metrics.jsonl")}
+    second = cli("--quick", "--jobs", "2", "--out", str(out), *SHORT, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads((out / "llm_study_quick.json").read_text())
+    assert not again["trained"] and len(again["reused"]) == len(data["trained"])
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("metrics.jsonl")} == stamps
+    assert again["results"]["demo"]["summary"] == data["results"]["demo"]["summary"]
+
+
+def test_a_control_alone_brings_its_reference_run_and_a_killed_run_resumes(tmp_path):
+    out = tmp_path / "study"
+    args = ["--quick", "--jobs", "1", "--out", str(out), "--arms", "SDPO ρ-replay", "--settings", "demo", *SHORT]
+    first = cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = json.loads((out / "llm_study_quick.json").read_text())
+    check_report(data, [a for a in study.ARMS if a in ("SDPO ρ-replay", "PGPO α=1")], ["demo"], [0])  # ARMS' order
+    # a run killed after its step-1 checkpoint: no summary, metrics cut back to the checkpoint
+    folder = study.run_dir(out, "demo", "SDPO ρ-replay", 0)
+    rows = folder.joinpath("metrics.jsonl").read_text().splitlines()
+    (folder / "summary.json").unlink()
+    folder.joinpath("metrics.jsonl").write_text(rows[0] + "\n")
+    second = cli(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = json.loads((out / "llm_study_quick.json").read_text())
+    assert again["trained"] == [str(folder.relative_to(out))] and len(again["reused"]) == 1
+    assert [json.loads(x)["step"] for x in folder.joinpath("metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert "resum" in (second.stdout + second.stderr).lower()
+
+
+def test_replot_redraws_from_the_json_and_bad_flags_are_one_error_line(tmp_path):
+    missing = cli("--quick", "--replot", "--out", str(tmp_path / "none"), cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1].startswith("error: --replot needs")
+    bad = cli("--quick", "--jobs", "0", "--out", str(tmp_path / "x"), cwd=tmp_path)
+    assert bad.returncode == 2 and "--jobs" in bad.stderr and "Traceback" not in bad.stderr
+    unknown = cli("--quick", "--arms", "SGD", "--out", str(tmp_path / "y"), cwd=tmp_path)
+    assert unknown.returncode == 2 and "SGD" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def rows(rewards, entropies):
+    return [{"step": i + 1, "reward_mean": r, "entropy": e} for i, (r, e) in enumerate(zip(rewards, entropies))]
+
+
+def test_collapse_is_the_first_step_a_running_mean_crosses_its_threshold():
+    w = study.COLLAPSE["window"]
+    stable = rows([0.5] * 30, [1.0] * 30)
+    assert study.collapse_onset(stable, final=0.6, warmup=5) is None
+    assert study.collapse_onset(stable, final=study.COLLAPSE["final_below"] / 2, warmup=5) == 30  # final only
+    falling = rows([0.5] * 10 + [0.0] * 20, [1.0] * 30)
+    # the mean of the last w rewards falls below the threshold once enough of them are 0
+    need = math.ceil(w * (1 - study.COLLAPSE["reward_below"] / 0.5) + 1e-9)
+    assert study.collapse_onset(falling, final=0.6, warmup=5) == 10 + need
+    frozen = rows([0.5] * 30, [1.0] * 15 + [0.0] * 15)
+    assert study.collapse_onset(frozen, final=0.6, warmup=5) > 15
+
+
+def test_intervals_are_t_for_means_and_wilson_for_rates():
+    from scipy import stats
+
+    x = np.array([0.1, 0.4, 0.35, 0.2])
+    e = study.t_interval(x)
+    half = stats.t.ppf(0.975, 3) * x.std(ddof=1) / 2
+    assert e["mean"] == pytest.approx(x.mean()) and e["high"] - e["mean"] == pytest.approx(half)
+    w = study.wilson(0, 10)
+    assert w["rate"] == 0 and w["low"] == 0 and 0.2 < w["high"] < 0.35
+    assert study.wilson(10, 10)["high"] == 1.0
+
+
+def test_controls_wait_for_their_reference_in_the_plan():
+    tasks = study.plan(list(study.ARMS), list(study.SETTINGS), [0, 1])
+    for seed in (0, 1):
+        for setting in study.SETTINGS:
+            order = [a for s, a, k in tasks if k == seed and s == setting]
+            assert order.index("PGPO α=1") < order.index("SDPO ρ-replay") and order.index("PGPO α=1") < order.index("SDPO lr×ρ̄")
+    assert len(tasks) == len(study.ARMS) * len(study.SETTINGS) * 2
