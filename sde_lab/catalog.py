@@ -7,11 +7,30 @@ function of the sampled gradient.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
 from sde_lab.oracles import QuadraticOracle, RandomHessianOracle
 from sde_lab.problem import Problem, SampleDeviations, last_call_cached, once_per_device
+
+
+def check_sizes(problem: str, square: str | None = None, **sizes) -> None:
+    """Refuse, before any allocation, a size that is not a positive int (naming it), and a `square` size whose
+    d × d float64 matrix (the curvature these problems compute) would not fit in half this machine's memory."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{problem}: {name} must be a positive int, got {value!r}")
+    if square is not None:
+        d = int(sizes[square])
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # not a POSIX system: no bound known
+            return
+        if 8 * d * d > memory / 2:
+            raise ValueError(f"{problem}: {square} = {d} needs a {d} × {d} float64 matrix ({8 * d * d / 2**30:.3g} GiB), "
+                             f"more than half of this machine's {memory / 2**30:.3g} GiB")
 
 
 def gradient_signal(g: torch.Tensor) -> torch.Tensor:
@@ -133,6 +152,7 @@ def linear_regression(n=16, dim=2, noise=0.5, x0=None, seed=0) -> Problem:
     Σ(w) = (1/n) Σ r_i² a_i a_iᵀ − ∇L∇Lᵀ with r_i = a_iᵀw − b_i; with noise = 0 the data are
     realizable and the gradient noise vanishes at the optimum.
     """
+    check_sizes("linear_regression", "dim", n=n, dim=dim)
     rng = np.random.default_rng(seed)
     A = torch.from_numpy(rng.normal(size=(n, dim)))
     b = A @ torch.from_numpy(rng.normal(size=dim)) + noise * torch.from_numpy(rng.normal(size=n))
@@ -154,6 +174,7 @@ def logistic_regression(n=16, dim=2, l2=0.1, feature_scale=1.0, x0=None, seed=0)
     Features a_i ~ N(0, feature_scale²·I); a larger scale means larger gradient noise (and curvature).
     Smooth with bounded derivatives of every order: the setting of the weak-approximation theorems.
     """
+    check_sizes("logistic_regression", "dim", n=n, dim=dim)
     rng = np.random.default_rng(seed)
     A = feature_scale * torch.from_numpy(rng.normal(size=(n, dim)))
     margin = A @ torch.from_numpy(rng.normal(size=dim)) + 0.5 * feature_scale * torch.from_numpy(rng.normal(size=n))
@@ -183,6 +204,7 @@ def self_distillation(prompts=8, answers=4, dim=3, bonus=2.0, feature_scale=0.5,
     Information: I(θ) = mean_i KL(q_i ‖ p_i), and the mini-batch signal is KL(q_γ ‖ p_γ) of the
     sampled prompt. `loss` (the default test function) is I(θ) itself.
     """
+    check_sizes("self_distillation", "dim", prompts=prompts, answers=answers, dim=dim)
     rng = np.random.default_rng(seed)
     F = torch.from_numpy(rng.normal(scale=feature_scale, size=(prompts, answers, dim)))
     correct = torch.from_numpy(rng.integers(answers, size=prompts))

@@ -95,9 +95,10 @@ def bare_numpy_normals(paths: int, seed=0) -> float:
 
 def _quadratic(dim: int):
     """A d-dimensional user problem with a constant noise factor: L = ½ Σ λ_i x_i², Σ^{1/2} = 0.5·I."""
-    from sde_lab.catalog import gradient_signal
+    from sde_lab.catalog import check_sizes, gradient_signal
     from sde_lab.problem import Problem
 
+    check_sizes("bench", "dim", dim=dim)  # its noise factor is a d × d matrix
     lam = torch.linspace(0.5, 2.0, dim, dtype=torch.float64)
     factor = 0.5 * torch.eye(dim, dtype=torch.float64)
     return Problem(dim=dim, x0=torch.ones(dim, dtype=torch.float64), grad=lambda x: x * lam,
