@@ -174,9 +174,11 @@ def _rows(path: str, n: int) -> Callable:
 
 
 def _same_rows(first: str, second: str, rel: float) -> Callable:
-    """Every metrics row of `second` equals the same row of `first` to `rel`: all but the timings and the
-    sampler-vs-trainer log-prob gap, a number at the level of float rounding (~1e-6) that rounding moves."""
-    timing = ("seconds_", "tokens_per_s", "peak_memory", "timestamp", "logprob_gap_")
+    """Every metrics row of `second` equals the same row of `first` to `rel`: all but the timings, the
+    sampler-vs-trainer log-prob gap, a number at the level of float rounding (~1e-6) that rounding moves, and the
+    gradient-noise estimates, which read the first micro-batch: another split over the processes, another one."""
+    timing = ("seconds_", "tokens_per_s", "peak_memory", "timestamp", "logprob_gap_", "grad_noise_trace",
+              "grad_sq_norm_estimate", "noise_scale")
 
     def check(output: str, folder: Path):
         import json
