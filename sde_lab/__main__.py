@@ -13,26 +13,21 @@ import time
 from pathlib import Path
 
 
-def _jobs(text: str) -> int:
-    """--jobs N: a whole number of worker processes, at least 1."""
-    try:
-        jobs = int(text)
-    except ValueError:
-        jobs = 0
-    if jobs < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return jobs
+def _at_least_one(what: str = ""):
+    """An argparse type: a whole number ≥ 1 (`what`: the unit named in the error, "" for none)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected a whole number{what} >= 1, got {text!r}")
+        return value
+    return parse
 
 
-def _paths(text: str) -> int:
-    """--paths M: a whole number of paths, at least 1."""
-    try:
-        paths = int(text)
-    except ValueError:
-        paths = 0
-    if paths < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of paths >= 1, got {text!r}")
-    return paths
+_jobs = _at_least_one()  # --jobs N: worker processes
+_paths = _at_least_one(" of paths")  # --paths M
 
 
 def _device(text: str) -> str:

@@ -179,6 +179,12 @@ def draw(data: dict):
 
 
 def save_figure(data: dict, figure: Path) -> list[Path]:
+    return save_report(data, figure, table, draw)
+
+
+def save_report(data: dict, figure: Path, table, draw) -> list[Path]:
+    """FIGURE.json (the data), FIGURE.md (`table(data)`) and FIGURE.png/.pdf (`draw(data)`, the project's style);
+    the experiments' one way to write a report."""
     import matplotlib
 
     matplotlib.use("Agg")

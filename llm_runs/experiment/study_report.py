@@ -4,10 +4,11 @@ their intervals)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from llm_runs.experiment.demo import save_report
 
 
 def table(data: dict) -> str:
@@ -63,19 +64,4 @@ def draw(data: dict):
 
 
 def save_figure(data: dict, figure: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pgpo import PAPER_STYLE
-
-    figure.parent.mkdir(parents=True, exist_ok=True)
-    figure.with_suffix(".json").write_text(json.dumps(data, indent=1))
-    figure.with_suffix(".md").write_text(table(data) + "\n")
-    with plt.style.context(PAPER_STYLE):
-        fig = draw(data)
-        for ext in ("png", "pdf"):
-            fig.savefig(figure.with_suffix(f".{ext}"))
-        plt.close(fig)
-    return [figure.with_suffix(f".{ext}") for ext in ("json", "md", "png", "pdf")]
+    return save_report(data, figure, table, draw)
