@@ -136,29 +136,15 @@ def _bench(args) -> int:
 
 
 def _bench_loss(args) -> int:
-    import torch
+    from llm_runs.tools.bench_loss import command
 
-    from llm_runs.tools.bench_loss import measure, report
-
-    devices = [d for d in args.device.split(",") if d != "cuda" or torch.cuda.is_available()]
-    if not devices:
-        raise ConfigError(f"--device {args.device}: no CUDA device is visible")
-    for device in devices:
-        rows = measure(args.lengths, args.vocab, args.hidden, args.dtype or ("bfloat16" if device == "cuda" else "float32"),
-                       device, args.topk, args.chunk_size, progress=lambda line: print(line, file=sys.stderr, flush=True))
-        print(report(rows) + "\n", flush=True)
-        if args.json:
-            with open(args.json, "a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-    return 0
+    return command(args)
 
 
 def _smoke(args) -> int:
-    from llm_runs.tools.smoke import report, run
+    from llm_runs.tools.smoke import command
 
-    print(report(run(args.shape, args.layers, args.steps, args.engine, args.prompts, args.samples, args.response_tokens,
-                     args.micro_batch, args.dtype, args.teacher, args.device, tuple(args.overrides))))
-    return 0
+    return command(args)
 
 
 def _bench_checkpoint_command(args) -> int:
@@ -284,16 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=5, help="timed steps per run (after one warm-up step)")
     bench.add_argument("--repeats", type=int, default=5, help="fresh runs per method")
     bench.add_argument("overrides", nargs="*", help="section.key=value")
-    bl = sub.add_parser("bench-loss", help="peak memory and time of one micro-batch's loss: plain against chunked")
-    bl.add_argument("--lengths", type=lambda v: [int(x) for x in v.split(",")], default=[1024, 4096, 8192],
-                    help="response positions T per micro-batch (default 1024,4096,8192)")
-    bl.add_argument("--vocab", type=int, default=151_936, help="vocabulary V (default: Qwen3-8B's)")
-    bl.add_argument("--hidden", type=int, default=4096, help="hidden size H (default: Qwen3-8B's)")
-    bl.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on CUDA")
-    bl.add_argument("--device", default="cpu,cuda", help="comma-separated; cuda is skipped where there is none")
-    bl.add_argument("--topk", type=int, default=100, help="the loss's support: the student's top-k (default 100)")
-    bl.add_argument("--chunk-size", type=int, help="positions per chunk (default: 128 MiB of float32 logits)")
-    bl.add_argument("--json", help="append every case's record to this JSON-lines file")
+    from llm_runs.tools import bench_loss, smoke
+
+    bench_loss.add_parser(sub)
     bc = sub.add_parser("bench-checkpoint", help="a sharded run's checkpoint: DCP shards against a gather to rank 0, "
                                                  "seconds and peak memory")
     bc.add_argument("--shape", default="qwen3-8b", choices=["qwen3-8b", "tiny"], help="the model's shape (default qwen3-8b)")
@@ -302,19 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="weights' dtype (default bfloat16)")
     bc.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA, and the real shape is refused without it")
     bc.add_argument("--out", help="where to write (a shared folder for several nodes; default: a temporary folder)")
-    smoke = sub.add_parser("smoke", help="full steps on a random model of the real shape (no weights needed)")
-    smoke.add_argument("--shape", default="qwen3-8b", choices=["qwen3-8b", "tiny"], help="the model's shape (default qwen3-8b)")
-    smoke.add_argument("--layers", type=int, help="keep the first K decoder layers (default: all)")
-    smoke.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
-    smoke.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="the rollout engine (default hf)")
-    smoke.add_argument("--prompts", type=int, default=2, help="prompts per step (default 2)")
-    smoke.add_argument("--samples", type=int, default=2, help="samples per prompt (default 2)")
-    smoke.add_argument("--response-tokens", type=int, default=128, help="tokens per response (default 128)")
-    smoke.add_argument("--micro-batch", type=int, default=2, help="sequences per forward/backward (default 2)")
-    smoke.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="weights' dtype (default bfloat16)")
-    smoke.add_argument("--teacher", default="live", choices=["live", "ema", "frozen"], help="teacher.kind (default live: no second copy)")
-    smoke.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA, and the real shape is refused without it")
-    smoke.add_argument("overrides", nargs="*", help="section.key=value")
+    smoke.add_parser(sub)
     pl = sub.add_parser("plan", help="GPU-hours and disk of a run, or of the paper's grid, before starting it")
     pl.add_argument("--config", help="a config file or a shipped config's name")
     pl.add_argument("--grid", action="store_true", help="every shipped qwen3_8b_* config × --seeds seeds, and the total")

@@ -89,6 +89,7 @@ class Trainer:
         self.replayed = check_variants(config)  # (steps,) ρ_t to replay, or None
         self.sequence_rho = [0.0, 0.0]  # this step's Σ m_i·ρ_i and Σ m_i (pgpo.per_sequence), summed over ranks
         self.step_extra: dict = {}  # the variants' own row keys for this step
+        self.trained_lengths: list[int] = []
         self.life = Lifecycle(self, progress)
 
     # the run's life around the step (llm_runs.lifecycle)
@@ -198,6 +199,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step_extra = {}
         self.sequence_rho = [torch.zeros((), dtype=torch.float64, device=self.device) for _ in range(2)]
+        # this rank's student sequences, tokens each: the step's model FLOPs (smoke's MFU)
+        self.trained_lengths = [len(prompts.ids[r.prompt_index]) + len(r.token_ids) for r in rollouts]
         for start in range(0, len(rollouts), c.loss.micro_batch_size):  # this rank's share
             part = slice(start, start + c.loss.micro_batch_size)
             batch = make_batch([prompts.ids[r.prompt_index] for r in rollouts[part]], contexts.ids[part],

@@ -103,8 +103,10 @@ class Multiplier:
         if not callable(self.form):
             # a non-finite I read as 0, where both built-in forms give exactly 1: no mask needed (fewer kernels
             # in the SDE solvers' inner loop)
-            i = torch.nan_to_num(i, nan=0.0, posinf=0.0, neginf=0.0).clamp(min=0.0)
-            return self._builtin(i, torch.tanh, lambda x, c: x.clamp(max=c))
+            i = torch.nan_to_num(i, nan=0.0, posinf=0.0, neginf=0.0)
+            if i.requires_grad:  # autograd keeps tanh's output for its backward: no writing over it
+                return self._builtin(i.clamp(min=0.0), torch.tanh, lambda x, c: x.clamp(max=c))
+            return self._builtin_in_place(i.clamp_(min=0.0))
         finite = torch.isfinite(i)
         i = torch.where(finite, i, torch.zeros_like(i))
         rho = torch.as_tensor(self.form(i), dtype=i.dtype, device=i.device).broadcast_to(i.shape)
@@ -129,6 +131,16 @@ class Multiplier:
         if excess == 0.0:  # tanh form's limit as ρ_max → 1
             return 1.0 + 0.0 * i
         return 1.0 + excess * tanh(i * (self.alpha / excess))  # α/(ρ_max − 1) folded: one product per element
+
+    def _builtin_in_place(self, i: torch.Tensor) -> torch.Tensor:
+        """`_builtin`'s formulas, operation for operation (the same numbers), in place on i, a tensor the caller owns:
+        no allocation per operation in the SDE solvers' inner loop."""
+        excess = self.rho_max - 1.0
+        if self.form == "linear":
+            return i.mul_(self.alpha).add_(1.0).clamp_(max=self.rho_max)
+        if excess == 0.0:
+            return i.mul_(0.0).add_(1.0)
+        return i.mul_(self.alpha / excess).tanh_().mul_(excess).add_(1.0)
 
     def _slope_numpy(self, i: np.ndarray) -> np.ndarray:
         valid = np.isfinite(i) & (i >= 0)  # ρ is flat where I is clamped or replaced

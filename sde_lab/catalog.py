@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sde_lab.oracles import QuadraticOracle, RandomHessianOracle
-from sde_lab.problem import Problem, SampleDeviations, last_call_cached, once_per_device
+from sde_lab.problem import FromGradient, Problem, SampleDeviations, last_call_cached, once_per_device
 
 
 def check_sizes(problem: str, square: str | None = None, **sizes) -> None:
@@ -59,7 +59,7 @@ def quadratic(hessian=(0.5, 1.0, 2.0), x0=(2.0, -1.0, 1.0), noise_scale=1.0) -> 
         grad = lambda x: x @ H.to(x)  # noqa: E731  (H symmetric)
     return Problem(
         dim=len(h), x0=x0, grad=grad, noise_sqrt=noise_scale * H.clone(), name="quadratic",
-        info=lambda x: gradient_signal(grad(x)),
+        info=FromGradient(grad, gradient_signal),
         loss=lambda x: 0.5 * (grad(x) * x).sum(dim=-1),
         lambda_max=float(np.linalg.eigvalsh(h).max()),
         oracle=QuadraticOracle(h, np.asarray(x0, dtype=np.float64), noise_scale),
@@ -83,7 +83,7 @@ def random_hessian(diag=(0.5, 1.0, 2.0), x0=(1.0, -1.0, 0.5), rotation_seed=0) -
 
     return Problem(
         dim=len(d), x0=x0, grad=grad, noise_sqrt=noise_sqrt, name="random_hessian",
-        info=lambda x: gradient_signal(grad(x)),
+        info=FromGradient(grad, gradient_signal),
         loss=lambda x: 0.5 * ((x @ Q.to(x)) ** 2 * D.to(x)).sum(dim=-1),
         lambda_max=float(d.max()),
         oracle=RandomHessianOracle(d, q, np.asarray(x0, dtype=np.float64)),
@@ -255,7 +255,7 @@ def double_well(sigma=1.0, x0=0.5) -> Problem:
 
     return Problem(
         dim=1, x0=[x0], grad=grad, noise_sqrt=torch.tensor([[sigma]], dtype=torch.float64), name="double_well",
-        info=lambda x: gradient_signal(grad(x)), loss=lambda x: 0.25 * (x[:, 0] ** 2 - 1.0) ** 2,
+        info=FromGradient(grad, gradient_signal), loss=lambda x: 0.25 * (x[:, 0] ** 2 - 1.0) ** 2,
     )
 
 

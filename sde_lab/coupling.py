@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from sde_lab.brownian import Increments
+from sde_lab.brownian import Increments, core_for_draws
 from sde_lab.discrete import DiscreteProcess
 from sde_lab.schemes import EULER_MARUYAMA
 from sde_lab.sme import SDEModel
@@ -49,20 +49,21 @@ def coupled_paths(process: DiscreteProcess, model: SDEModel, steps: int, paths: 
     draws = Increments(gen, device, dtype)  # numpy's generator on the CPU, seeded from gen
     coupled = coupled and process.couples
     noise_dim = process.problem.noise_dim()
-    for k in range(1, steps + 1):
-        dw = draws.brownian(dt, sub, paths, model.noise_dim)  # (2^r, M, m)
-        for j in range(sub):
-            y = scheme.step(model, y, dt, dw[j])
-        if richardson:
-            pairs = dw[0::2] + dw[1::2]
-            for j in range(sub // 2):
-                y_coarse = scheme.step(model, y_coarse, 2 * dt, pairs[j])
-        if coupled:
-            x = process.step(x, z=-dw.sum(dim=0) / math.sqrt(h))
-        elif process.noise == "gaussian":  # independent normals of its own
-            x = process.step(x, z=draws.normals(paths, noise_dim))
-        else:
-            x = process.step(x, gen=gen)
-        if observe is not None and k % every == 0:
-            observe(x, y, y_coarse)
+    with core_for_draws(draws):
+        for k in range(1, steps + 1):
+            dw = draws.brownian(dt, sub, paths, model.noise_dim)  # (2^r, M, m)
+            for j in range(sub):
+                y = scheme.step(model, y, dt, dw[j])
+            if richardson:
+                pairs = dw[0::2] + dw[1::2]
+                for j in range(sub // 2):
+                    y_coarse = scheme.step(model, y_coarse, 2 * dt, pairs[j])
+            if coupled:
+                x = process.step(x, z=-dw.sum(dim=0) / math.sqrt(h))
+            elif process.noise == "gaussian":  # independent normals of its own
+                x = process.step(x, z=draws.normals(paths, noise_dim))
+            else:
+                x = process.step(x, gen=gen)
+            if observe is not None and k % every == 0:
+                observe(x, y, y_coarse)
     return x, y, y_coarse

@@ -25,6 +25,18 @@ from typing import Callable, NamedTuple
 import torch
 
 
+@dataclass(frozen=True)
+class FromGradient:
+    """An information signal read from ∇L alone, I(x) = signal(∇L(x)): called like any `info` (x (M, d) → (M,)),
+    and the SDE solvers hand `signal` the gradient their drift has already computed (one ∇L a sub-step, not two)."""
+
+    grad: Callable[[torch.Tensor], torch.Tensor]
+    signal: Callable[[torch.Tensor], torch.Tensor]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.signal(self.grad(x))
+
+
 @dataclass
 class Problem:
     """A problem for `weak_error`. Only `dim`, `x0`, `grad` and `noise_sqrt` are required.
@@ -34,7 +46,8 @@ class Problem:
         x0: the initial point, shape (d,) (every path starts there).
         grad: ∇L, (M, d) → (M, d).
         noise_sqrt: Σ^{1/2}, (M, d) → (M, d, m) (or `SampleDeviations`), or a constant tensor of shape (d, m).
-        info: the state information signal, (M, d) → (M,); needed for PGPO with signal="state".
+        info: the state information signal, (M, d) → (M,); needed for PGPO with signal="state". A `FromGradient`
+            (I read from ∇L alone) lets the solvers reuse the drift's gradient.
         sample_grad: real stochastic gradients (and mini-batch signals), see the module docstring.
         name: a label for tables and figures.
         loss: L, (M, d) → (M,), the default test function when given.

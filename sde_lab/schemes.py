@@ -24,6 +24,9 @@ class EulerMaruyama:
 
     def step(self, model, y: torch.Tensor, dt: float, dw: torch.Tensor) -> torch.Tensor:
         """One step of the `SDEModel` `model`: y (M, d), increments dw (M, m) → (M, d)."""
+        fused = model.fused_euler_step()
+        if fused is not None:  # the model's own cheaper form of this step
+            return fused(y, dt, dw)
         # y + b dt, then + σ ΔW in place on that new tensor: y itself is never written (callers keep it)
         return add_noise(torch.add(y, model.drift(y), alpha=dt), model.diffusion(y), dw)
 

@@ -34,7 +34,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from pgpo import Multiplier
-from sde_lab.problem import (Problem, ScaledFactor, deviation_factor, last_call_cached, once_per_device,
+from sde_lab.problem import (FromGradient, Problem, ScaledFactor, deviation_factor, last_call_cached, once_per_device,
                              scale_factor)
 
 SDES = ("scaled", "paper")
@@ -123,6 +123,22 @@ class SDEModel:
     drift: Callable[[torch.Tensor], torch.Tensor]
     diffusion: Callable[[torch.Tensor], torch.Tensor]
     noise_dim: int
+    # y + b dt + σ ΔW in fewer operations, where the model has such a form (the same step up to rounding)
+    euler_step: "FusedStep | None" = None
+
+    def fused_euler_step(self) -> Callable | None:
+        """(y, dt, ΔW) → the Euler–Maruyama step, if this model has a cheaper form of it for its own drift and
+        diffusion (one swapped in by a user afterwards voids it)."""
+        f = self.euler_step
+        return f.step if f is not None and f.drift is self.drift and f.diffusion is self.diffusion else None
+
+
+class FusedStep(NamedTuple):
+    """A cheaper form of Euler–Maruyama's step for the drift and diffusion it was built with."""
+
+    drift: Callable
+    diffusion: Callable
+    step: Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]
 
 
 def sme(problem: Problem, eta: float, multiplier: Multiplier | None = None, sde: str = "scaled", order: int = 1,
@@ -139,14 +155,20 @@ def sme(problem: Problem, eta: float, multiplier: Multiplier | None = None, sde:
     if multiplier is not None and signal == "minibatch":
         return _minibatch_sme(problem, eta, multiplier, order, drift)
     declared = family(multiplier, sde, order, signal, drift)
+    grad = problem.grad
     if multiplier is None:
         rho = None
-        b = lambda x: -problem.grad(x)  # noqa: E731
+        b = lambda x: -grad(x)  # noqa: E731
     else:
         if problem.info is None:
             raise ValueError(f"PGPO with signal='state' needs problem.info; {problem.name!r} has none")
-        rho = last_call_cached(lambda x: multiplier(problem.info(x)))  # the drift's ρ(X) reused by the diffusion
-        b = lambda x: (-rho(x))[:, None] * problem.grad(x)  # noqa: E731  (the sign on (M,), not on (M, d))
+        info = problem.info
+        if isinstance(info, FromGradient) and info.grad is problem.grad:  # I from the drift's own ∇L
+            grad = last_call_cached(problem.grad)
+            rho = last_call_cached(lambda x: multiplier(info.signal(grad(x))))
+        else:
+            rho = last_call_cached(lambda x: multiplier(info(x)))  # the drift's ρ(X) reused by the diffusion
+        b = lambda x: (-rho(x))[:, None] * grad(x)  # noqa: E731  (the sign on (M,), not on (M, d))
 
     noise = _scaled_noise(problem, root_eta)
 
@@ -156,7 +178,23 @@ def sme(problem: Problem, eta: float, multiplier: Multiplier | None = None, sde:
         return ScaledFactor(rho(x), noise(x))  # ρ applied to √η S z, never to a per-path copy of S
 
     drift_fn = b if order == 1 else _second_order(b, eta)
-    return SDEModel(declared.name, declared.claimed_order(multiplier), drift_fn, diffusion, problem.noise_dim())
+    step = None
+    if rho is not None and sde == "scaled" and order == 1 and isinstance(problem.noise_sqrt, torch.Tensor):
+        step = FusedStep(drift_fn, diffusion, _common_scale_step(grad, rho, noise))
+    return SDEModel(declared.name, declared.claimed_order(multiplier), drift_fn, diffusion, problem.noise_dim(),
+                    euler_step=step)
+
+
+def _common_scale_step(grad: Callable, rho: Callable, noise: Callable) -> Callable:
+    """PGPO's Euler–Maruyama step when ρ scales drift and diffusion alike and the noise factor S is constant:
+    y + ρ⊙(S ΔW − dt ∇L), one multiply-add and one scaled add (its own drift and diffusion take five more tensor
+    operations a sub-step, about as costly as the arithmetic on small problems)."""
+    transposed = once_per_device(lambda y: noise(y).T)  # Sᵀ (m, d): √η Σ^{1/2}, made once per dtype and device
+
+    def step(y, dt, dw):
+        return torch.addcmul(y, torch.addmm(grad(y), dw, transposed(y), beta=-dt), rho(y).unsqueeze(1))
+
+    return step
 
 
 def _scaled_noise(problem: Problem, c: float) -> Callable:

@@ -12,6 +12,11 @@ minus what was resident once the inputs existed; "peak" is the whole process's.
 
 A plain case whose memory, extrapolated linearly in T from the largest T measured, would not fit in
 the memory available is not run, and the table says so.
+
+On a GPU each case first runs once untimed (CUDA's lazy module loading, cuBLAS's handle and its workspace are
+the first call's, not the loss's), then `repeats` times (default 3), its median time reported and its peak
+memory the largest over them. On the CPU it runs once (a peak resident set cannot be reset). `--profile` adds,
+for every case, the operations that took most of one more run's device (or CPU) time: where the time goes.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ class Case:
     topk: int | None = 100
     chunk_size: int | None = None
     seed: int = 0
+    repeats: int = 1
+    profile: bool = False
 
 
 def _resident_bytes(field: str = "VmRSS") -> int:
@@ -76,31 +83,52 @@ def run_case(case: Case) -> dict:
     # would give weights of ~e^-15 and a loss of nothing)
     options = dict(beta=0.5, topk=case.topk, add_tail=True, response_ids=ids)
 
-    if device.type == "cuda":
+    def once():
+        hidden.grad = head.weight.grad = None
+        if case.implementation == "plain":
+            with torch.no_grad():
+                teacher_logits = teacher(teacher_hidden)
+            out = self_distillation_loss(head(hidden), teacher_logits, response_mask, sample_mask, **options)
+        else:
+            out = chunked_self_distillation_loss(hidden, head, teacher_hidden, teacher, response_mask, sample_mask,
+                                                 chunk_size=case.chunk_size, **options)
+        out.loss.backward()
+        return [out.loss.item(), out.information[0].item(), out.jsd[0].item(), out.entropy[0].item(),
+                float(hidden.grad.float().norm()), float(head.weight.grad.float().norm())]
+
+    cuda = device.type == "cuda"
+    if cuda:
+        once()  # untimed: the first call's lazy loading and cuBLAS set-up are not the loss's
+        hidden.grad = head.weight.grad = None
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
         before = _resident_bytes()
-    start = time.perf_counter()
-    if case.implementation == "plain":
-        with torch.no_grad():
-            teacher_logits = teacher(teacher_hidden)
-        out = self_distillation_loss(head(hidden), teacher_logits, response_mask, sample_mask, **options)
-    else:
-        out = chunked_self_distillation_loss(hidden, head, teacher_hidden, teacher, response_mask, sample_mask,
-                                             chunk_size=case.chunk_size, **options)
-    out.loss.backward()
-    values = [out.loss.item(), out.information[0].item(), out.jsd[0].item(), out.entropy[0].item(),
-              float(hidden.grad.float().norm()), float(head.weight.grad.float().norm())]
-    seconds = time.perf_counter() - start
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _resident_bytes("VmHWM")
-    return {**asdict(case), "seconds": seconds, "loss_bytes": peak - before, "peak_bytes": peak,
-            "loss": values[0], "information": values[1], "jsd": values[2], "entropy": values[3],
-            "grad_hidden_norm": values[4], "grad_head_norm": values[5]}
+    times = []
+    for _ in range(case.repeats if cuda else 1):
+        start = time.perf_counter()
+        values = once()  # .item() waits for the device
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if cuda else _resident_bytes("VmHWM")
+    row = {**asdict(case), "seconds": sorted(times)[len(times) // 2], "seconds_all": times,
+           "loss_bytes": peak - before, "peak_bytes": peak, "loss": values[0], "information": values[1],
+           "jsd": values[2], "entropy": values[3], "grad_hidden_norm": values[4], "grad_head_norm": values[5]}
+    if case.profile:
+        row["profile"] = _profile(once, cuda)
+    return row
+
+
+def _profile(once, cuda: bool, top: int = 12) -> list[dict]:
+    """The operations that took most of one run's device time (CPU time without a GPU): name, ms, calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        once()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    return [{"name": e.key, "ms": getattr(e, key) / 1e3, "calls": e.count} for e in events]
 
 
 def _in_subprocess(case: Case) -> dict:
@@ -134,12 +162,13 @@ def available_bytes() -> int:
 
 def measure(lengths=(1024, 4096, 8192), vocabulary: int = QWEN3_8B["vocabulary"], hidden: int = QWEN3_8B["hidden"],
             dtype: str = "float32", device: str = "cpu", topk: int | None = 100, chunk_size: int | None = None,
-            progress=print) -> list[dict]:
+            progress=print, repeats: int = 3, profile: bool = False) -> list[dict]:
     """Every (T, implementation) case in its own subprocess, T ascending, plain before chunked."""
     rows, plain_per_position, inputs = [], None, 0
     for length in sorted(lengths):
         for implementation in ("plain", "chunked"):
-            case = Case(implementation, length, vocabulary, hidden, dtype, device, topk, chunk_size)
+            case = Case(implementation, length, vocabulary, hidden, dtype, device, topk, chunk_size,
+                        repeats=repeats, profile=profile)
             if implementation == "plain" and plain_per_position is not None and device == "cpu":
                 estimate = plain_per_position * length + inputs
                 if estimate > 0.9 * available_bytes():
@@ -187,7 +216,46 @@ def report(rows: list[dict]) -> str:
         else:
             memory = timing = diff = "—"
         lines.append(f"| {length:,} | {cell_p[0]} | {cell_p[1]} | {cell_c[0]} | {cell_c[1]} | {memory} | {timing} | {diff} |")
+    for row in rows:
+        if row.get("profile"):
+            lines += ["", f"T={row['length']:,} {row['implementation']}: where one run's time goes"]
+            lines += [f"  {p['ms']:9.2f} ms  {p['calls']:6d}×  {p['name']}" for p in row["profile"]]
     return "\n".join(lines)
+
+
+def add_parser(sub) -> None:
+    """`python -m llm_runs bench-loss`'s arguments."""
+    bl = sub.add_parser("bench-loss", help="peak memory and time of one micro-batch's loss: plain against chunked")
+    bl.add_argument("--lengths", type=lambda v: [int(x) for x in v.split(",")], default=[1024, 4096, 8192],
+                    help="response positions T per micro-batch (default 1024,4096,8192)")
+    bl.add_argument("--vocab", type=int, default=151_936, help="vocabulary V (default: Qwen3-8B's)")
+    bl.add_argument("--hidden", type=int, default=4096, help="hidden size H (default: Qwen3-8B's)")
+    bl.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: float32 on CPU, bfloat16 on CUDA")
+    bl.add_argument("--device", default="cpu,cuda", help="comma-separated; cuda is skipped where there is none")
+    bl.add_argument("--topk", type=int, default=100, help="the loss's support: the student's top-k (default 100)")
+    bl.add_argument("--chunk-size", type=int, help="positions per chunk (default: 128 MiB of float32 logits, 1 GiB on a GPU)")
+    bl.add_argument("--repeats", type=int, default=3, help="timed runs per case on a GPU, after an untimed one (default 3)")
+    bl.add_argument("--profile", action="store_true", help="also list the operations that take a run's time")
+    bl.add_argument("--json", help="append every case's record to this JSON-lines file")
+
+
+def command(args) -> int:
+    import torch
+
+    from llm_runs.config import ConfigError
+
+    devices = [d for d in args.device.split(",") if d != "cuda" or torch.cuda.is_available()]
+    if not devices:
+        raise ConfigError(f"--device {args.device}: no CUDA device is visible")
+    for device in devices:
+        rows = measure(args.lengths, args.vocab, args.hidden, args.dtype or ("bfloat16" if device == "cuda" else "float32"),
+                       device, args.topk, args.chunk_size, progress=lambda line: print(line, file=sys.stderr, flush=True),
+                       repeats=args.repeats, profile=args.profile)
+        print(report(rows) + "\n", flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+    return 0
 
 
 if __name__ == "__main__":  # one case, in the fresh process `measure` starts
