@@ -396,6 +396,8 @@ REGISTRY: dict[str, Check] = {
     "python -m llm_runs smoke --shape qwen3-8b --steps 1 --prompts 4 --samples 4 --response-tokens 256 "
     "--micro-batch 4 --device cuda": hub("no GPU is visible"),
     "python -m llm_runs bench-loss --device cuda": hub("no CUDA device is visible"),
+    "python -m llm_runs bench-loss --device cuda --lengths 1024,4096,16384 --profile": hub("no CUDA device is visible"),
+    "python -m llm_runs smoke": hub("no CUDA device is visible"),
     "torchrun --nproc_per_node 8 -m llm_runs bench-checkpoint --shape qwen3-8b": hub("no CUDA device is visible",
                                                                                    slow=True),
     "python -m llm_runs bench-checkpoint --shape qwen3-8b --layers 4": hub("no CUDA device is visible"),
