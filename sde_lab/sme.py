@@ -180,19 +180,24 @@ def sme(problem: Problem, eta: float, multiplier: Multiplier | None = None, sde:
     drift_fn = b if order == 1 else _second_order(b, eta)
     step = None
     if rho is not None and sde == "scaled" and order == 1 and isinstance(problem.noise_sqrt, torch.Tensor):
-        step = FusedStep(drift_fn, diffusion, _common_scale_step(grad, rho, noise))
+        step = FusedStep(drift_fn, diffusion, _common_scale_step(problem, multiplier, noise))
     return SDEModel(declared.name, declared.claimed_order(multiplier), drift_fn, diffusion, problem.noise_dim(),
                     euler_step=step)
 
 
-def _common_scale_step(grad: Callable, rho: Callable, noise: Callable) -> Callable:
+def _common_scale_step(problem: Problem, multiplier: Multiplier, noise: Callable) -> Callable:
     """PGPO's Euler–Maruyama step when ρ scales drift and diffusion alike and the noise factor S is constant:
     y + ρ⊙(S ΔW − dt ∇L), one multiply-add and one scaled add (its own drift and diffusion take five more tensor
-    operations a sub-step, about as costly as the arithmetic on small problems)."""
+    operations a sub-step, about as costly as the arithmetic on small problems). ∇L is computed once, and I from
+    it when the problem says I is read from ∇L (`FromGradient`)."""
     transposed = once_per_device(lambda y: noise(y).T)  # Sᵀ (m, d): √η Σ^{1/2}, made once per dtype and device
+    info, grad = problem.info, problem.grad
+    signal = info.signal if isinstance(info, FromGradient) and info.grad is grad else None
 
     def step(y, dt, dw):
-        return torch.addcmul(y, torch.addmm(grad(y), dw, transposed(y), beta=-dt), rho(y).unsqueeze(1))
+        g = grad(y)
+        rho = multiplier(signal(g) if signal is not None else info(y))
+        return torch.addcmul(y, torch.addmm(g, dw, transposed(y), beta=-dt), rho.unsqueeze(1))
 
     return step
 
