@@ -279,16 +279,22 @@ def report(out: Path, arms, settings, seeds, warmup: int) -> dict:
     for setting in settings:
         runs = {a: [dict(seed=k, **summarise_run(run_dir(out, setting, a, k), warmup)) for k in seeds] for a in arms}
         by_seed = {a: {r["seed"]: r["final"] for r in rs} for a, rs in runs.items()}
+        onsets = {a: {r["seed"]: r["onset"] for r in rs} for a, rs in runs.items()}
         summary = {}
         for arm, rs in runs.items():
             entry = {"final": t_interval([r["final"] for r in rs]),
                      "collapse": wilson(sum(r["collapsed"] for r in rs), len(rs)),
                      "rho_mean": t_interval([r["rho_mean"] for r in rs]),
                      "sde_time": t_interval([r["sde_time"] for r in rs if r["sde_time"] is not None])}
+            entry["onset"] = t_interval([o for o in onsets[arm].values() if o is not None])
             for control in CONTROLS:
                 if control in by_seed and control != arm:
                     paired = [by_seed[arm][k] - by_seed[control][k] for k in seeds]
                     entry[f"minus {control}"] = t_interval(paired)
+                    # how much later (> 0) a collapse comes than in the control, over the seeds where both collapse
+                    later = [onsets[arm][k] - onsets[control][k] for k in seeds
+                             if onsets[arm][k] is not None and onsets[control][k] is not None]
+                    entry[f"onset minus {control}"] = t_interval(later)
             summary[arm] = entry
         results[setting] = {"summary": summary, "precursors": precursors(runs),
                             "runs": {a: [{k: v for k, v in r.items() if k != "diagnostics"} for r in rs]

@@ -12,7 +12,8 @@ from llm_runs.experiment.demo import save_report
 
 
 def table(data: dict) -> str:
-    """Markdown: per setting and arm, final mean@k (95 % t), paired differences, collapse rate (Wilson)."""
+    """Markdown: per setting and arm, final mean@k (95 % t), paired differences, collapse rate (Wilson), the
+    collapse onset and how much later it comes than SDPO's, seed by seed (95 % t)."""
     def fmt(e, scale=100.0):
         if e is None or e.get("mean") is None:
             return "–"
@@ -22,12 +23,14 @@ def table(data: dict) -> str:
     k, lines = data["k"], []
     for setting, result in data["results"].items():
         lines += [f"**{setting}** ({len(data['seeds'])} seed{'s' if len(data['seeds']) > 1 else ''})", "",
-                  f"| arm | final mean@{k} (%) | − SDPO (points) | − ρ-replay (points) | collapsed | mean ρ |",
-                  "|---|---|---|---|---|---|"]
+                  f"| arm | final mean@{k} (%) | − SDPO (points) | − ρ-replay (points) | collapsed | collapse onset "
+                  f"(step) | onset − SDPO (steps) | mean ρ |",
+                  "|---|---|---|---|---|---|---|---|"]
         for arm, e in result["summary"].items():
             c = e["collapse"]
             lines.append(f"| {arm} | {fmt(e['final'])} | {fmt(e.get('minus SDPO'))} | {fmt(e.get('minus SDPO ρ-replay'))} "
-                         f"| {c['k']}/{c['n']} [{100 * c['low']:.0f}, {100 * c['high']:.0f}]% | {fmt(e['rho_mean'], 1.0)} |")
+                         f"| {c['k']}/{c['n']} [{100 * c['low']:.0f}, {100 * c['high']:.0f}]% | {fmt(e.get('onset'), 1.0)} "
+                         f"| {fmt(e.get('onset minus SDPO'), 1.0)} | {fmt(e['rho_mean'], 1.0)} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -125,3 +125,26 @@ def test_controls_wait_for_their_reference_in_the_plan():
             order = [a for s, a, k in tasks if k == seed and s == setting]
             assert order.index("PGPO α=1") < order.index("SDPO ρ-replay") and order.index("PGPO α=1") < order.index("SDPO lr×ρ̄")
     assert len(tasks) == len(study.ARMS) * len(study.SETTINGS) * 2
+
+
+def test_the_report_gives_the_collapse_onset_and_how_much_later_it_comes_than_sdpos(monkeypatch, tmp_path):
+    """Made-up runs: SDPO collapses at steps 20, 30, 40; PGPO α=1 at 25, 45 and not at all on seed 2. The onset is
+    the mean over the collapsed runs; "onset minus SDPO" pairs the seeds where both collapsed: (5, 15)."""
+    onsets = {"SDPO": [20, 30, 40], "PGPO α=1": [25, 45, None]}
+
+    def made_up(folder, warmup):
+        arm = next(a for a in onsets if study.slug(a) == folder.name.rsplit("-seed", 1)[0])
+        onset = onsets[arm][int(folder.name.rsplit("-seed", 1)[1])]
+        return {"final": 0.5, "collapsed": onset is not None, "onset": onset, "rho_mean": 1.0, "sde_time": 1.0,
+                "diagnostics": {key: [1.0] * 60 for key in study.DIAGNOSTICS}}
+
+    monkeypatch.setattr(study, "summarise_run", made_up)
+    summary = study.report(tmp_path, list(onsets), ["collapse"], [0, 1, 2], 10)["collapse"]["summary"]
+    assert summary["SDPO"]["onset"]["mean"] == 30 and summary["SDPO"]["onset"]["n"] == 3
+    assert summary["PGPO α=1"]["onset"]["mean"] == 35 and summary["PGPO α=1"]["onset"]["n"] == 2
+    later = summary["PGPO α=1"]["onset minus SDPO"]
+    assert later["n"] == 2 and later["mean"] == 10 and later["low"] < 10 < later["high"]
+    from llm_runs.experiment.study_report import table
+
+    text = table({"k": 8, "seeds": [0, 1, 2], "results": {"collapse": {"summary": summary}}})
+    assert "collapse onset (step)" in text and "| 35.0 [" in text
