@@ -212,7 +212,9 @@ class Trainer:
                 # Σ over micro-batches and ranks = the mean over all P·n sequences (FSDP averages over ranks)
                 (out.loss * (b * self.world / total)).backward()
                 if start == 0:  # the first micro-batch's gradient, over every rank: the small batch of B_simple
-                    metrics.first_gradient(grad_sq_norm(self.model.parameters()), b * self.world)
+                    # its loss was scaled by its share of the batch, b·world/total: |G_b|² is the norm over that share²
+                    share = b * self.world / total
+                    metrics.first_gradient(grad_sq_norm(self.model.parameters()) / share ** 2, b * self.world)
             metrics.add(out, batch, reduce=c.pgpo.reduce, weight=b / total)
         if c.pgpo.per_sequence:
             self.normalise_sequence_weights(metrics)

@@ -67,3 +67,26 @@ def test_one_micro_batch_logs_no_noise_scale(tiny_model_dir, tmp_path):
     row = t.step()
     t.close()
     assert row["noise_scale"] is None and row["grad_noise_trace"] is None and row["sde_time"] > 0
+
+
+def test_the_first_micro_batchs_squared_norm_is_that_of_its_own_mean_gradient(tiny_model_dir, tmp_path, monkeypatch):
+    """B_simple's small batch: after the first micro-batch (8 of the 16 sequences) the accumulated gradient is
+    half of that micro-batch's mean gradient (its loss is scaled by its share of the batch), so |G_8|² is its
+    squared norm × 4. The same 8 sequences as a whole batch (the first 2 of the 4 prompts, with the same rollout
+    seeds) give |G_8|² as their gradient norm²."""
+    from llm_runs.metrics import StepMetrics
+
+    seen = []
+    original = StepMetrics.first_gradient
+    monkeypatch.setattr(StepMetrics, "first_gradient",
+                        lambda self, sq, n: (seen.append((float(sq), n)), original(self, sq, n))[1])
+    whole = Trainer(config(tiny_model_dir, tmp_path, "train.run_name=whole"), tmp_path / "whole", progress=False)
+    whole.step()
+    whole.close()
+    half = Trainer(config(tiny_model_dir, tmp_path, "rollout.prompts_per_step=2", "train.run_name=half"),
+                   tmp_path / "half", progress=False)
+    row = half.step()
+    half.close()
+    (first_sq, sequences), _ = seen
+    assert sequences == 8
+    assert first_sq == pytest.approx(row["grad_norm"] ** 2, rel=1e-5)
