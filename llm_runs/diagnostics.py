@@ -26,7 +26,7 @@ import torch
 EMA_DECAY = 0.9  # the moving averages of |G|² and tr Σ: about the last ten steps
 # a metrics row's keys for them (None where undefined: one micro-batch gives one batch size only)
 ROW_KEYS = ("sde_time", "temperature", "grad_sq_norm_estimate", "grad_noise_trace", "noise_scale", "noise_scale_ema",
-            "information_running_mean")
+            "information_running_mean", "grad_small_sq_norm")
 
 
 def grad_sq_norm(parameters) -> torch.Tensor:
@@ -78,7 +78,31 @@ class SDEState:
                 "grad_sq_norm_estimate": _finite(g2), "grad_noise_trace": _finite(trace),
                 "noise_scale": _ratio(trace, g2), "noise_scale_ema": _ratio(self.trace_ema, self.g2_ema),
                 "information_running_mean": (self.information_sum / self.information_count
-                                             if self.information_count else None)}
+                                             if self.information_count else None),
+                "grad_small_sq_norm": _finite(first_sq) if 0 < first_sequences < sequences else None}
+
+
+def undo_small_batch_scale(rows: list[dict], small: int, batch: int) -> list[dict]:
+    """Rows logged before 2026-12-07 (without `grad_small_sq_norm`) took |G_b|² (b/B)² too small (the first
+    micro-batch's gradient still scaled by its share of the batch): their |G|², tr Σ and B_simple recomputed from
+    their own logged values (|G_B|² = |G|² + tr Σ/B and the logged |G_b|² = |G|² + tr Σ/b invert the estimators),
+    the moving averages run again. Rows that have the key are returned as they are. small, batch: b and B."""
+    if not rows or "grad_small_sq_norm" in rows[0] or not 0 < small < batch:
+        return rows
+    state, out = SDEState(), []
+    for row in rows:
+        g2, trace = row.get("grad_sq_norm_estimate"), row.get("grad_noise_trace")
+        fixed = dict(row)
+        if g2 is not None and trace is not None:
+            full_sq, logged_small = g2 + trace / batch, g2 + trace / small
+            g2, trace = noise_estimates(logged_small * (batch / small) ** 2, small, full_sq, batch)
+            d = EMA_DECAY
+            state.g2_ema = g2 if state.g2_ema is None else d * state.g2_ema + (1 - d) * g2
+            state.trace_ema = trace if state.trace_ema is None else d * state.trace_ema + (1 - d) * trace
+            fixed.update(grad_sq_norm_estimate=_finite(g2), grad_noise_trace=_finite(trace), noise_scale=_ratio(trace, g2))
+        fixed["noise_scale_ema"] = _ratio(state.trace_ema, state.g2_ema)
+        out.append(fixed)
+    return out
 
 
 def _finite(x: float | None) -> float | None:

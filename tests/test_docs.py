@@ -178,7 +178,7 @@ def _same_rows(first: str, second: str, rel: float) -> Callable:
     sampler-vs-trainer log-prob gap, a number at the level of float rounding (~1e-6) that rounding moves, and the
     gradient-noise estimates, which read the first micro-batch: another split over the processes, another one."""
     timing = ("seconds_", "tokens_per_s", "peak_memory", "timestamp", "logprob_gap_", "grad_noise_trace",
-              "grad_sq_norm_estimate", "noise_scale")
+              "grad_sq_norm_estimate", "noise_scale", "grad_small_sq_norm")
 
     def check(output: str, folder: Path):
         import json

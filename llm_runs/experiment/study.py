@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from llm_runs.config import from_dict, load
+from llm_runs.diagnostics import undo_small_batch_scale
 from llm_runs.experiment.demo import CONFIG, TASK, warm_start_checkpoint
 from llm_runs.experiment.study_report import draw, save_figure, table  # noqa: F401  the report's rendering
 from llm_runs.experiment.synthetic import write_splits
@@ -205,9 +206,16 @@ def window_mean(rows: list[dict], key: str, end: int, width: int) -> float | Non
     return float(np.mean(values)) if values else None
 
 
+def batch_sizes(folder: Path) -> tuple[int, int]:
+    """(b, B) of a one-process run: its micro-batch and its batch, in sequences, from its config.yaml."""
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    return config["loss"]["micro_batch_size"], config["rollout"]["prompts_per_step"] * config["rollout"]["samples_per_prompt"]
+
+
 def summarise_run(folder: Path, warmup: int) -> dict:
-    """A run's final held-out mean@k, mean ρ, collapse onset and the diagnostics' windows."""
-    rows = read_rows(folder)
+    """A run's final held-out mean@k, mean ρ, collapse onset and the diagnostics' windows (B_simple's as the
+    fixed estimator gives it: runs logged before its fix are corrected from their own rows)."""
+    rows = undo_small_batch_scale(read_rows(folder), *batch_sizes(folder))
     evals = [r["val_mean_at_k"] for r in rows if "val_mean_at_k" in r]
     final = evals[-1] if evals else float("nan")
     onset = collapse_onset(rows, final, warmup)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from llm_runs.diagnostics import ROW_KEYS, SDEState, noise_estimates
+from llm_runs.diagnostics import ROW_KEYS, SDEState, noise_estimates, undo_small_batch_scale
 from llm_runs.trainer import Trainer
 from tests.llm_runs.test_trainer import config
 
@@ -90,3 +90,25 @@ def test_the_first_micro_batchs_squared_norm_is_that_of_its_own_mean_gradient(ti
     (first_sq, sequences), _ = seen
     assert sequences == 8
     assert first_sq == pytest.approx(row["grad_norm"] ** 2, rel=1e-5)
+
+
+def test_rows_logged_before_the_fix_are_corrected_from_their_own_values():
+    """Rows made with |G_b|² (b/B)² too small (no `grad_small_sq_norm` key) give, corrected, the rows the fixed
+    estimator gives on the same gradients; rows with the key are left alone."""
+    rng = np.random.default_rng(0)
+    small, batch = 32, 64
+    fixed_state, legacy_state, fixed_rows, legacy_rows = SDEState(), SDEState(), [], []
+    for step in range(1, 40):
+        small_sq, full_sq = rng.uniform(0.5, 2.0), rng.uniform(0.1, 1.0)
+        kw = dict(lr=1e-3, rho=1.0, applied=True, information=0.1, full_sq=full_sq, sequences=batch)
+        fixed_rows.append({"step": step, **fixed_state.update(first_sq=small_sq, first_sequences=small, **kw)})
+        legacy = legacy_state.update(first_sq=small_sq * (small / batch) ** 2, first_sequences=small, **kw)
+        legacy.pop("grad_small_sq_norm")
+        legacy_rows.append({"step": step, **legacy})
+    corrected = undo_small_batch_scale(legacy_rows, small, batch)
+    for got, want in zip(corrected, fixed_rows):
+        for key in ("grad_sq_norm_estimate", "grad_noise_trace", "noise_scale", "noise_scale_ema"):
+            assert (got[key] is None) == (want[key] is None), key
+            if want[key] is not None:
+                assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+    assert undo_small_batch_scale(fixed_rows, small, batch) is fixed_rows
