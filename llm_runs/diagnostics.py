@@ -61,6 +61,13 @@ class SDEState:
     g2_ema: float | None = None
     trace_ema: float | None = None
 
+    def average(self, g2: float, trace: float) -> None:
+        """Move the moving averages of |G|² and tr Σ (decay EMA_DECAY) by one step's finite estimates."""
+        if math.isfinite(g2) and math.isfinite(trace):
+            d = EMA_DECAY
+            self.g2_ema = g2 if self.g2_ema is None else d * self.g2_ema + (1 - d) * g2
+            self.trace_ema = trace if self.trace_ema is None else d * self.trace_ema + (1 - d) * trace
+
     def update(self, *, lr: float, rho: float, applied: bool, information: float, first_sq: float,
                first_sequences: int, full_sq: float, sequences: int) -> dict:
         """One step's diagnostics (the metrics row's keys), the running values moved by it."""
@@ -70,10 +77,7 @@ class SDEState:
             self.information_sum += information
             self.information_count += 1
         g2, trace = noise_estimates(first_sq, first_sequences, full_sq, sequences)
-        if math.isfinite(g2) and math.isfinite(trace):
-            d = EMA_DECAY
-            self.g2_ema = g2 if self.g2_ema is None else d * self.g2_ema + (1 - d) * g2
-            self.trace_ema = trace if self.trace_ema is None else d * self.trace_ema + (1 - d) * trace
+        self.average(g2, trace)
         return {"sde_time": self.sde_time, "temperature": lr * rho / sequences,
                 "grad_sq_norm_estimate": _finite(g2), "grad_noise_trace": _finite(trace),
                 "noise_scale": _ratio(trace, g2), "noise_scale_ema": _ratio(self.trace_ema, self.g2_ema),
@@ -96,9 +100,7 @@ def undo_small_batch_scale(rows: list[dict], small: int, batch: int) -> list[dic
         if g2 is not None and trace is not None:
             full_sq, logged_small = g2 + trace / batch, g2 + trace / small
             g2, trace = noise_estimates(logged_small * (batch / small) ** 2, small, full_sq, batch)
-            d = EMA_DECAY
-            state.g2_ema = g2 if state.g2_ema is None else d * state.g2_ema + (1 - d) * g2
-            state.trace_ema = trace if state.trace_ema is None else d * state.trace_ema + (1 - d) * trace
+            state.average(g2, trace)
             fixed.update(grad_sq_norm_estimate=_finite(g2), grad_noise_trace=_finite(trace), noise_scale=_ratio(trace, g2))
         fixed["noise_scale_ema"] = _ratio(state.trace_ema, state.g2_ema)
         out.append(fixed)

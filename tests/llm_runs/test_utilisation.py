@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from llm_runs.tools import utilisation
 
 
-def _tiny(lora: bool = False):
+def _tiny():
     from transformers import AutoModelForCausalLM, Qwen3Config
 
     from llm_runs.tools.smoke import SHAPES
