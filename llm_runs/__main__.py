@@ -3,7 +3,7 @@
 `python -m llm_runs eval --checkpoint DIR [--data FILE] [--engine hf|vllm] [key=value ...]` and
 `python -m llm_runs bench --config PATH [--peer trl] [--steps K] [--repeats R]`, `python -m llm_runs bench-loss [--lengths ...]`,
 `python -m llm_runs warm-start --config PATH --out DIR [key=value ...]`, `python -m llm_runs demo [--quick]`,
-`python -m llm_runs study [--quick] [--jobs N] [--seeds K] [--out DIR] [--replot]` and
+`python -m llm_runs study [--quick] [--jobs N] [--seeds K] [--out DIR] [--report PATH] [--replot]` and
 `python -m llm_runs compare RUN_DIR... [--figure PATH] [--json PATH]` (runs grouped by domain × method, beside the paper)."""
 
 from __future__ import annotations
@@ -192,11 +192,25 @@ def _demo(args) -> int:
     return 0
 
 
+def _seed_range(text: str):
+    """--seeds: "K" → K (seeds 0..K-1), "A-B" → [A, …, B]."""
+    try:
+        if "-" in text:
+            first, last = (int(x) for x in text.split("-"))
+            if 0 <= first <= last:
+                return list(range(first, last + 1))
+        elif int(text) >= 1:
+            return int(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected K ≥ 1 (seeds 0..K-1) or A-B with 0 ≤ A ≤ B, got {text!r}")
+
+
 def _study(args) -> int:
     from llm_runs.experiment import study
 
     out = Path(args.out or ("runs/study_quick" if args.quick else "runs/study"))
-    figure = study.figure_path(out, args.quick)
+    figure = study.figure_path(out, args.quick, args.report)
     if args.replot:
         if not figure.with_suffix(".json").exists():
             raise ConfigError(f"--replot needs {figure.with_suffix('.json')}; run the study first")
@@ -205,9 +219,8 @@ def _study(args) -> int:
     else:
         if args.jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
-        if args.seeds is not None and args.seeds < 1:
-            raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
-        data = study.run(out, args.quick, args.seeds, args.jobs, args.arms, args.settings, args.overrides)
+        data = study.run(out, args.quick, args.seeds, args.jobs, args.arms, args.settings, args.overrides,
+                         report_path=args.report, against=args.against or ())
     print(study.table(data))
     print(f"report: {', '.join(data['files'])}  ({data['seconds']:.0f} s; {len(data.get('trained', []))} runs trained, "
           f"{len(data.get('reused', []))} reused)")
@@ -317,14 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
                                       "seeds, resumable (docs/results.md)")
     st.add_argument("--quick", action="store_true", help="every arm once on a few steps (CI; under 5 minutes)")
     st.add_argument("--jobs", type=int, default=2, help="runs at once, one process and one torch thread each")
-    st.add_argument("--seeds", type=int, help="K: seeds 0..K-1 (default 10, or 1 with --quick)")
+    st.add_argument("--seeds", type=_seed_range, help="K: seeds 0..K-1 (default 10, or 1 with --quick); or A-B: "
+                                                      "seeds A..B (new seeds for a confirmatory run)")
     st.add_argument("--out", help="data, warm start and runs, reused and resumed (default runs/study, or "
                                   "runs/study_quick with --quick)")
     st.add_argument("--arms", type=lambda v: [x.strip() for x in v.split(",")],
                     help="comma-separated names from llm_runs.experiment.study.ARMS (default: all)")
+    st.add_argument("--against", type=lambda v: [x.strip() for x in v.split(",")],
+                    help="arms to take paired differences against, besides SDPO and the replays (e.g. the arm "
+                         "with a variant's mean step)")
     st.add_argument("--settings", type=lambda v: [x.strip() for x in v.split(",")], help="demo, collapse (default both)")
+    st.add_argument("--report", metavar="PATH", help="write the report to PATH.json/.md/.png/.pdf (default "
+                                                     "figures/llm_study, or OUT/llm_study_quick with --quick)")
     st.add_argument("--replot", action="store_true", help="redraw the figure from its JSON "
-                                                          "(figures/llm_study.json, or OUT/llm_study_quick.json)")
+                                                          "(figures/llm_study.json, OUT/llm_study_quick.json "
+                                                          "with --quick, or PATH.json with --report)")
     st.add_argument("overrides", nargs="*", help="section.key=value, applied after the study's own")
     cmp = sub.add_parser("compare", help="SDPO vs PGPO over run folders (finished or not): best and final validation "
                                          "mean@k per domain and method, mean ± std over seeds, beside the paper's Table 1")

@@ -381,6 +381,19 @@ REGISTRY: dict[str, Check] = {
     "python -m llm_runs study": slow("report:", runs='python -m llm_runs study --seeds 2 --arms "SDPO,SDPO ρ-replay" '
                                                     f"--settings demo {SHORT_STUDY}",
                                      files=("figures/llm_study.json", "figures/llm_study.png", "figures/llm_study.pdf")),
+    # docs/results.md: the two follow-up runs, cut to two seeds and seconds
+    'python -m llm_runs study --settings demo,collapse --arms "SDPO,PGPO α=1,SDPO ρ-replay next seed" --report '
+    'figures/llm_study_next_seed':
+        slow("report:", "− ρ-replay next seed (points)",
+             runs='python -m llm_runs study --settings demo,collapse --seeds 2 --arms "SDPO,PGPO α=1,SDPO ρ-replay '
+                  f'next seed" --report figures/llm_study_next_seed {SHORT_STUDY}',
+             files=("figures/llm_study_next_seed.json", "figures/llm_study_next_seed.png")),
+    'python -m llm_runs study --settings demo --seeds 10-29 --arms "PGPO α=1,PGPO α=1 per-sequence" --against '
+    '"PGPO α=1" --report figures/llm_study_confirm':
+        slow("report:", "− PGPO α=1 (points)",
+             runs='python -m llm_runs study --settings demo --seeds 10-11 --arms "PGPO α=1,PGPO α=1 per-sequence" '
+                  f'--against "PGPO α=1" --report figures/llm_study_confirm {SHORT_STUDY}',
+             files=("figures/llm_study_confirm.json", "figures/llm_study_confirm.md")),
     "python -m llm_runs study --replot": illustrative("redraws figures/llm_study.json, which the full study writes "
                                                       "and which is not yet committed (docs/results.md: not yet run)"),
     # README and docs/training.md: the paper's runs, on the hub's data and model and on GPUs

@@ -5,9 +5,11 @@ both `SETTINGS`, paired by seed: for one seed every arm draws the same prompts i
 with the same rollout seeds (`train.seed`), so a paired difference removes the seed's own luck.
 
 - the arms are config settings of the trainer (`llm_runs.schema.PGPOConfig`): SDPO; PGPO α ∈ {0.5, 1, 2}; ρ per
-  sequence and I normalised by its running mean (both new); and two controls read from the same seed's PGPO α = 1
-  run, so they run after it: SDPO at lr × ρ̄ (ρ̄: that run's mean ρ) and SDPO with that run's ρ_t replayed as
-  a learning-rate schedule (`pgpo.replay_rho`: the same SDE time Σ lr·ρ step by step, no coupling to the batch);
+  sequence and I normalised by its running mean (both new); and three controls read from a PGPO α = 1 run, so
+  they run after it: SDPO at lr × ρ̄ (ρ̄: the same seed's mean ρ), SDPO with the same seed's ρ_t replayed as a
+  learning-rate schedule (`pgpo.replay_rho`: the same SDE time Σ lr·ρ step by step; PGPO α = 1 itself, bit for
+  bit, as the seed fixes the batches) and the next seed's ρ_t replayed (the same schedule, decoupled from the
+  batch in hand);
 - runs go to `<out>/runs/<setting>/<arm>-seed<k>`; a finished one is reused, a killed one resumes from its
   last checkpoint; `--jobs` processes run them (one torch thread each);
 - the report (`report`): per arm and setting the mean final held-out mean@k with a 95 % t interval, paired
@@ -32,16 +34,23 @@ import yaml
 from llm_runs.config import from_dict, load
 from llm_runs.diagnostics import undo_small_batch_scale
 from llm_runs.experiment.demo import CONFIG, TASK, warm_start_checkpoint
-from llm_runs.experiment.study_report import draw, save_figure, table  # noqa: F401  the report's rendering
+# the report's rendering, and CONTROLS: the arms the paired differences are taken against
+from llm_runs.experiment.study_report import CONTROLS, draw, save_figure, table  # noqa: F401
 from llm_runs.experiment.synthetic import write_splits
 from llm_runs.schema import ConfigError
 
 REFERENCE = "PGPO α=1"  # the PGPO run whose ρ the controls read (the paper's default α)
-# name → overrides; "{reference}" is the same setting's and seed's REFERENCE run folder
+# name → overrides; "{reference}" is the same setting's and seed's REFERENCE run folder, "{reference:next}" the
+# next seed's (seed k + 1, cyclically over the study's seeds: k = K − 1 reads seed 0)
 ARMS = {
     "SDPO": ["pgpo.enabled=false"],
     "SDPO lr×ρ̄": ["pgpo.enabled=false", "pgpo.replay_rho={reference}", "pgpo.replay_rho_mode=mean"],
     "SDPO ρ-replay": ["pgpo.enabled=false", "pgpo.replay_rho={reference}", "pgpo.replay_rho_mode=schedule"],
+    # the same seed's replay meets the very batches that made its ρ_t, so it is PGPO α = 1 bit for bit (the
+    # pipeline is deterministic given the seed): replayed onto the next seed's batches, ρ_t keeps its schedule
+    # and SDE time but is decoupled from the batch in hand
+    "SDPO ρ-replay next seed": ["pgpo.enabled=false", "pgpo.replay_rho={reference:next}",
+                                "pgpo.replay_rho_mode=schedule"],
     "PGPO α=0.5": ["pgpo.enabled=true", "pgpo.alpha=0.5"],
     "PGPO α=1": ["pgpo.enabled=true", "pgpo.alpha=1.0"],
     "PGPO α=2": ["pgpo.enabled=true", "pgpo.alpha=2.0"],
@@ -49,7 +58,6 @@ ARMS = {
     # α = 0.5 on I / Ī: ρ = 1.5 at an average batch, mid-way to the cap, where α = 1 would sit on it
     "PGPO α=0.5 normalised I": ["pgpo.enabled=true", "pgpo.alpha=0.5", "pgpo.normalize_information=true"],
 }
-CONTROLS = ("SDPO", "SDPO ρ-replay")  # the paired differences are taken against these
 SETTINGS = {
     "demo": [],  # the demo's: ground-truth demonstrations, a frozen teacher
     "collapse": ["teacher.demonstration=sibling", "teacher.kind=ema"],  # SDPO's rule; collapsed in the demo
@@ -79,11 +87,24 @@ def run_dir(out: Path, setting: str, arm: str, seed: int) -> Path:
     return out / "runs" / setting / f"{slug(arm)}-seed{seed}"
 
 
-def run_config(out: Path, setting: str, arm: str, seed: int, checkpoint: Path, overrides: list[str]):
+def reference_seed(arm: str, seed: int, seeds: list[int]) -> int | None:
+    """The seed whose REFERENCE run `arm` replays at `seed` (None: the arm reads no run)."""
+    text = " ".join(ARMS[arm])
+    if "{reference:next}" in text:
+        return seeds[(seeds.index(seed) + 1) % len(seeds)]
+    return seed if "{reference}" in text else None
+
+
+def run_config(out: Path, setting: str, arm: str, seed: int, checkpoint: Path, overrides: list[str],
+               seeds: list[int]):
     """The run's config: demo_cpu.yaml ← the study's overrides ← the setting's ← the arm's, its seed and folder."""
     folder = run_dir(out, setting, arm, seed)
-    reference = run_dir(out, setting, REFERENCE, seed).resolve()
-    arm_overrides = [o.replace("{reference}", str(reference)) for o in ARMS[arm]]
+    donor = reference_seed(arm, seed, seeds)
+    arm_overrides = list(ARMS[arm])
+    if donor is not None:
+        reference = str(run_dir(out, setting, REFERENCE, donor).resolve())
+        arm_overrides = [o.replace("{reference:next}", reference).replace("{reference}", reference)
+                         for o in arm_overrides]
     return load(CONFIG, [*overrides, *SETTINGS[setting], "model.tiny=false", f"model.path={checkpoint}",
                          f"train.seed={seed}", f"train.output_dir={folder.parent}", f"train.run_name={folder.name}",
                          "train.report_to=none", *arm_overrides]), folder
@@ -91,7 +112,7 @@ def run_config(out: Path, setting: str, arm: str, seed: int, checkpoint: Path, o
 
 def run_one(task: tuple) -> tuple:
     """One run (in a worker process): reused when finished, resumed from its checkpoint when interrupted."""
-    out, setting, arm, seed, checkpoint, overrides = task
+    out, setting, arm, seed, checkpoint, overrides, seeds = task
     import torch
 
     torch.set_num_threads(1)  # one core per job: --jobs processes share the machine
@@ -101,7 +122,7 @@ def run_one(task: tuple) -> tuple:
 
     hf_logging.disable_progress_bar()  # a bar per saved shard, from every worker, would bury the study's lines
 
-    config, folder = run_config(Path(out), setting, arm, seed, Path(checkpoint), overrides)
+    config, folder = run_config(Path(out), setting, arm, seed, Path(checkpoint), overrides, seeds)
     if (folder / "config.yaml").exists():
         saved = from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
         if saved.to_dict() != config.to_dict():
@@ -118,9 +139,10 @@ def run_one(task: tuple) -> tuple:
 def plan(arms, settings, seeds) -> list[tuple[str, str, int]]:
     """(setting, arm, seed) in the order they may start: the reference runs first (the controls wait for them)."""
     arms = list(arms)
-    if any("{reference}" in " ".join(ARMS[a]) for a in arms) and REFERENCE not in arms:
-        arms.insert(0, REFERENCE)  # a control needs its PGPO run
-    order = sorted(arms, key=lambda a: (a != REFERENCE, "{reference}" in " ".join(ARMS[a])))
+    reads = {a: "{reference" in " ".join(ARMS[a]) for a in ARMS}
+    if any(reads[a] for a in arms) and REFERENCE not in arms:
+        arms.insert(0, REFERENCE)  # a control needs its PGPO runs
+    order = sorted(arms, key=lambda a: (a != REFERENCE, reads[a]))
     return [(s, a, k) for k in seeds for a in order for s in settings]
 
 
@@ -131,12 +153,14 @@ def execute(out: Path, tasks: list[tuple[str, str, int]], checkpoint: Path, over
     done_refs: set = set()
     waiting = list(tasks)
     trained, reused = [], []
+    seeds = sorted({k for _, _, k in tasks})
 
     def ready(t):
-        return "{reference}" not in " ".join(ARMS[t[1]]) or (t[0], t[2]) in done_refs
+        donor = reference_seed(t[1], t[2], seeds)
+        return donor is None or (t[0], donor) in done_refs
 
     def finish(task, fresh):
-        _, setting, arm, seed, _, _ = task
+        _, setting, arm, seed, _, _, _ = task
         (trained if fresh else reused).append(str(run_dir(out, setting, arm, seed).relative_to(out)))
         if arm == REFERENCE:
             done_refs.add((setting, seed))
@@ -144,7 +168,7 @@ def execute(out: Path, tasks: list[tuple[str, str, int]], checkpoint: Path, over
             f"({len(trained) + len(reused)}/{len(tasks)})")
 
     def pack(t):
-        return (str(out), t[0], t[1], t[2], str(checkpoint), list(overrides))
+        return (str(out), t[0], t[1], t[2], str(checkpoint), list(overrides), seeds)
 
     if jobs <= 1:
         while waiting:
@@ -281,8 +305,8 @@ def precursors(runs: dict[str, list[dict]]) -> dict:
     return out
 
 
-def report(out: Path, arms, settings, seeds, warmup: int) -> dict:
-    """The study's numbers from the run folders (nothing is trained here)."""
+def report(out: Path, arms, settings, seeds, warmup: int, controls=CONTROLS) -> dict:
+    """The study's numbers from the run folders (nothing is trained here); paired differences against `controls`."""
     results = {}
     for setting in settings:
         runs = {a: [dict(seed=k, **summarise_run(run_dir(out, setting, a, k), warmup)) for k in seeds] for a in arms}
@@ -295,7 +319,7 @@ def report(out: Path, arms, settings, seeds, warmup: int) -> dict:
                      "rho_mean": t_interval([r["rho_mean"] for r in rs]),
                      "sde_time": t_interval([r["sde_time"] for r in rs if r["sde_time"] is not None])}
             entry["onset"] = t_interval([o for o in onsets[arm].values() if o is not None])
-            for control in CONTROLS:
+            for control in controls:
                 if control in by_seed and control != arm:
                     paired = [by_seed[arm][k] - by_seed[control][k] for k in seeds]
                     entry[f"minus {control}"] = t_interval(paired)
@@ -310,36 +334,50 @@ def report(out: Path, arms, settings, seeds, warmup: int) -> dict:
     return results
 
 
-def figure_path(out: Path, quick: bool) -> Path:
-    """--quick writes to its --out folder only, never over the committed figures/llm_study.*"""
+def figure_path(out: Path, quick: bool, report: str | Path | None = None) -> Path:
+    """Where the report goes (PATH.json/.md/.png/.pdf): `report` when given; --quick writes to its --out folder
+    only, never over the committed figures/llm_study.*"""
+    if report is not None:
+        return Path(report).with_suffix("") if Path(report).suffix in (".json", ".md", ".png", ".pdf") else Path(report)
     return out / "llm_study_quick" if quick else Path("figures") / "llm_study"
 
 
-def run(out: str | Path | None = None, quick: bool = False, seeds: int | None = None, jobs: int = 2,
-        arms=None, settings=None, overrides=(), log=print) -> dict:
-    """The whole study: data, warm start, every run (resumed), the report; returns the report's data."""
+def run(out: str | Path | None = None, quick: bool = False, seeds=None, jobs: int = 2, arms=None, settings=None,
+        overrides=(), log=print, report_path: str | Path | None = None, against=()) -> dict:
+    """The whole study: data, warm start, every run (resumed), the report; returns the report's data. `seeds`: K
+    (seeds 0…K−1) or the seeds themselves; `against`: arms to take paired differences against besides CONTROLS."""
     out = Path(out or ("runs/study_quick" if quick else "runs/study"))
     preset = QUICK if quick else FULL
-    seeds = list(range(seeds if seeds is not None else preset["seeds"]))
+    seeds = list(range(seeds if seeds is not None else preset["seeds"])) if seeds is None or isinstance(seeds, int) \
+        else list(seeds)
     arms = list(arms or ARMS)
     settings = list(settings or SETTINGS)
-    unknown = [a for a in arms if a not in ARMS] + [s for s in settings if s not in SETTINGS]
+    unknown = [a for a in [*arms, *against] if a not in ARMS] + [s for s in settings if s not in SETTINGS]
     if unknown:
         raise ConfigError(f"unknown arms or settings {unknown}; arms are {list(ARMS)}, settings {list(SETTINGS)}")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"the seeds must be distinct and non-negative, got {seeds}")
+    tasks = plan(arms, settings, seeds)
+    arms = sorted({a for _, a, _ in tasks}, key=list(ARMS).index)
+    missing = [a for a in against if a not in arms]
+    if missing:
+        raise ConfigError(f"--against {missing}: not among the arms run ({arms})")
+    controls = [*CONTROLS, *(a for a in against if a not in CONTROLS)]
     start = time.perf_counter()
     train_path, test_path = write_splits(out / "data", **TASK)
     overrides = [*preset["overrides"], f"data.train={train_path}", f"data.test={test_path}", *overrides]
     checkpoint, record = warm_start_checkpoint(out, overrides, progress=False)
-    tasks = plan(arms, settings, seeds)
     done = execute(out, tasks, checkpoint, overrides, jobs, log)
-    arms = sorted({a for _, a, _ in tasks}, key=list(ARMS).index)
     config = load(CONFIG, overrides)
     data = {"question": "is PGPO more than a larger learning rate?", "task": TASK, "seeds": seeds, "quick": quick,
-            "arms": {a: ARMS[a] for a in arms}, "reference": REFERENCE, "settings": {s: SETTINGS[s] for s in settings},
+            "arms": {a: ARMS[a] for a in arms}, "reference": REFERENCE,
+            # arm → {seed: the seed whose REFERENCE run it replays}, for the arms that read one
+            "reference_seeds": {a: {k: reference_seed(a, k, seeds) for k in seeds} for a in arms
+                                if reference_seed(a, seeds[0], seeds) is not None}, "settings": {s: SETTINGS[s] for s in settings},
             "overrides": overrides, "steps": config.train.steps, "k": config.eval.samples, "chance": 0.25,
             "collapse": COLLAPSE, "precursor_window": PRECURSOR_WINDOW, "warm_start": record,
-            "results": report(out, arms, settings, seeds, config.optim.warmup_steps),
+            "controls": controls, "results": report(out, arms, settings, seeds, config.optim.warmup_steps, controls),
             "trained": done["trained"], "reused": done["reused"], "jobs": jobs,
             "seconds": round(time.perf_counter() - start, 1)}
-    data["files"] = [str(p) for p in save_figure(data, figure_path(out, quick))]
+    data["files"] = [str(p) for p in save_figure(data, figure_path(out, quick, report_path))]
     return data

@@ -10,6 +10,8 @@ import numpy as np
 
 from llm_runs.experiment.demo import save_report
 
+CONTROLS = ("SDPO", "SDPO ρ-replay", "SDPO ρ-replay next seed")  # the study's controls, in column order
+
 
 def table(data: dict) -> str:
     """Markdown: per setting and arm, final mean@k (95 % t), paired differences, collapse rate (Wilson), the
@@ -22,14 +24,17 @@ def table(data: dict) -> str:
 
     k, lines = data["k"], []
     for setting, result in data["results"].items():
+        # a column per control the report has (any arm carries its paired difference)
+        controls = [c for c in data.get("controls", CONTROLS) if any(f"minus {c}" in e for e in result["summary"].values())]
+        heads = "".join(f" − {c.removeprefix('SDPO ') if c != 'SDPO' else c} (points) |" for c in controls)
         lines += [f"**{setting}** ({len(data['seeds'])} seed{'s' if len(data['seeds']) > 1 else ''})", "",
-                  f"| arm | final mean@{k} (%) | − SDPO (points) | − ρ-replay (points) | collapsed | collapse onset "
-                  f"(step) | onset − SDPO (steps) | mean ρ |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  f"| arm | final mean@{k} (%) |{heads} collapsed | collapse onset (step) | onset − SDPO (steps) "
+                  f"| mean ρ |", "|---" * (6 + len(controls)) + "|"]
         for arm, e in result["summary"].items():
             c = e["collapse"]
-            lines.append(f"| {arm} | {fmt(e['final'])} | {fmt(e.get('minus SDPO'))} | {fmt(e.get('minus SDPO ρ-replay'))} "
-                         f"| {c['k']}/{c['n']} [{100 * c['low']:.0f}, {100 * c['high']:.0f}]% | {fmt(e.get('onset'), 1.0)} "
+            diffs = "".join(f" {fmt(e.get(f'minus {control}'))} |" for control in controls)
+            lines.append(f"| {arm} | {fmt(e['final'])} |{diffs} "
+                         f"{c['k']}/{c['n']} [{100 * c['low']:.0f}, {100 * c['high']:.0f}]% | {fmt(e.get('onset'), 1.0)} "
                          f"| {fmt(e.get('onset minus SDPO'), 1.0)} | {fmt(e['rho_mean'], 1.0)} |")
         lines.append("")
     return "\n".join(lines)

@@ -32,7 +32,8 @@ def check_report(data, arms, settings, seeds):
             assert entry["final"]["n"] == len(seeds) and 0 <= entry["final"]["mean"] <= 1
             assert entry["collapse"]["n"] == len(seeds)
             assert ("minus SDPO" in entry) == (arm != "SDPO" and "SDPO" in arms)
-            assert ("minus SDPO ρ-replay" in entry) == (arm != "SDPO ρ-replay" and "SDPO ρ-replay" in arms)
+            for control in study.CONTROLS:
+                assert (f"minus {control}" in entry) == (arm != control and control in arms)
             assert [r["seed"] for r in result["runs"][arm]] == seeds
         assert "collapsed_runs" in result["precursors"]
 
@@ -78,6 +79,37 @@ def test_a_control_alone_brings_its_reference_run_and_a_killed_run_resumes(tmp_p
     assert again["trained"] == [str(folder.relative_to(out))] and len(again["reused"]) == 1
     assert [json.loads(x)["step"] for x in folder.joinpath("metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert "resum" in (second.stdout + second.stderr).lower()
+
+
+def test_the_next_seed_replay_reads_the_next_seeds_rho_and_report_goes_where_asked(tmp_path):
+    out, report = tmp_path / "study", tmp_path / "elsewhere" / "next"
+    args = ["--quick", "--jobs", "2", "--seeds", "2", "--out", str(out), "--arms", "SDPO ρ-replay next seed",
+            "--settings", "demo", "--report", str(report), *SHORT]
+    first = cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = json.loads(report.with_suffix(".json").read_text())
+    check_report(data, ["SDPO ρ-replay next seed", "PGPO α=1"], ["demo"], [0, 1])  # ARMS' order
+    assert data["reference_seeds"] == {"SDPO ρ-replay next seed": {"0": 1, "1": 0}}
+    assert not (out / "llm_study_quick.json").exists() and all(report.with_suffix(f".{e}").exists() for e in ("md", "png"))
+
+    def lrs(arm, seed):
+        lines = (study.run_dir(out, "demo", arm, seed) / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["effective_lr"] for x in lines]
+    for seed, donor in ((0, 1), (1, 0)):  # the schedule is the other seed's PGPO run's, not its own seed's
+        assert lrs("SDPO ρ-replay next seed", seed) == lrs("PGPO α=1", donor) != lrs("PGPO α=1", seed)
+    assert "− ρ-replay next seed (points)" in first.stdout
+    replot = cli("--replot", "--report", str(report), cwd=tmp_path)
+    assert replot.returncode == 0 and "− ρ-replay next seed (points)" in replot.stdout, replot.stderr[-2000:]
+
+
+def test_reference_seeds_are_the_same_seed_or_the_next_one_cyclically():
+    seeds = [0, 1, 2, 3]
+    assert [study.reference_seed("SDPO ρ-replay", k, seeds) for k in seeds] == seeds
+    assert [study.reference_seed("SDPO ρ-replay next seed", k, seeds) for k in seeds] == [1, 2, 3, 0]
+    assert study.reference_seed("SDPO", 0, seeds) is None and study.reference_seed("PGPO α=2", 3, seeds) is None
+    # every reading arm is planned after its reference arm, whichever seed it reads
+    order = study.plan(["SDPO ρ-replay next seed"], ["demo"], seeds)
+    assert {a for _, a, _ in order} == {"PGPO α=1", "SDPO ρ-replay next seed"} and len(order) == 8
 
 
 def test_replot_redraws_from_the_json_and_bad_flags_are_one_error_line(tmp_path):
