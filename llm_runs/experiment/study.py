@@ -76,6 +76,7 @@ QUICK = {"seeds": 1, "overrides": ["train.steps=3", "train.eval_every=3", "train
 COLLAPSE = {"window": 10, "reward_below": 0.10, "entropy_below": 0.01, "final_below": 0.10}
 PRECURSOR_WINDOW = 10  # steps before the onset compared with the first steps of the run
 DIAGNOSTICS = ("noise_scale_ema", "temperature")
+COUPLING_WIDTH = 21  # steps of the centred running mean taken off ρ_t and I_t before correlating them
 
 
 def slug(name: str) -> str:
@@ -236,6 +237,19 @@ def batch_sizes(folder: Path) -> tuple[int, int]:
     return config["loss"]["micro_batch_size"], config["rollout"]["prompts_per_step"] * config["rollout"]["samples_per_prompt"]
 
 
+def fluctuation_correlation(x, y, width: int = COUPLING_WIDTH) -> float | None:
+    """Pearson correlation of (steps,) x and y's fluctuations, each minus its centred running mean over `width`
+    steps (the trend both share, as I falls over training, is removed); None where either is flat or undefined."""
+    x, y = (np.asarray([np.nan if v is None else v for v in z], dtype=float) for z in (x, y))
+    if len(x) < width + 2 or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return None
+    half = width // 2
+    dx, dy = (z[half:len(z) - half] - running_mean(z, width) for z in (x, y))
+    if dx.std() < 1e-12 or dy.std() < 1e-12:
+        return None
+    return float(np.corrcoef(dx, dy)[0, 1])
+
+
 def summarise_run(folder: Path, warmup: int) -> dict:
     """A run's final held-out mean@k, mean ρ, collapse onset and the diagnostics' windows (B_simple's as the
     fixed estimator gives it: runs logged before its fix are corrected from their own rows)."""
@@ -247,6 +261,8 @@ def summarise_run(folder: Path, warmup: int) -> dict:
             "collapsed": onset is not None, "onset": onset,
             "eval": [(r["step"], r["val_mean_at_k"]) for r in rows if "val_mean_at_k" in r],
             "sde_time": rows[-1].get("sde_time"),
+            # how much the step follows the batch in hand: 1 for PGPO (ρ = g(I)), ~0 for a replay decoupled from it
+            "rho_coupling": fluctuation_correlation([r["rho"] for r in rows], [r.get("information") for r in rows]),
             "diagnostics": {k: [r.get(k) for r in rows] for k in DIAGNOSTICS}}
 
 
@@ -317,6 +333,7 @@ def report(out: Path, arms, settings, seeds, warmup: int, controls=CONTROLS) -> 
             entry = {"final": t_interval([r["final"] for r in rs]),
                      "collapse": wilson(sum(r["collapsed"] for r in rs), len(rs)),
                      "rho_mean": t_interval([r["rho_mean"] for r in rs]),
+                     "rho_coupling": t_interval([r["rho_coupling"] for r in rs if r.get("rho_coupling") is not None]),
                      "sde_time": t_interval([r["sde_time"] for r in rs if r["sde_time"] is not None])}
             entry["onset"] = t_interval([o for o in onsets[arm].values() if o is not None])
             for control in controls:

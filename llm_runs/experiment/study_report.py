@@ -16,26 +16,29 @@ CONTROLS = ("SDPO", "SDPO ρ-replay", "SDPO ρ-replay next seed")  # the study's
 def table(data: dict) -> str:
     """Markdown: per setting and arm, final mean@k (95 % t), paired differences, collapse rate (Wilson), the
     collapse onset and how much later it comes than SDPO's, seed by seed (95 % t)."""
-    def fmt(e, scale=100.0):
+    def fmt(e, scale=100.0, digits=1):
         if e is None or e.get("mean") is None:
             return "–"
-        ci = f" [{scale * e['low']:.1f}, {scale * e['high']:.1f}]" if e.get("low") is not None else ""
-        return f"{scale * e['mean']:.1f}{ci}"
+        ci = f" [{scale * e['low']:.{digits}f}, {scale * e['high']:.{digits}f}]" if e.get("low") is not None else ""
+        return f"{scale * e['mean']:.{digits}f}{ci}"
 
     k, lines = data["k"], []
     for setting, result in data["results"].items():
         # a column per control the report has (any arm carries its paired difference)
         controls = [c for c in data.get("controls", CONTROLS) if any(f"minus {c}" in e for e in result["summary"].values())]
+        # ρ's correlation with the run's own I, trend removed (reports written before it have none)
+        coupling = int(any(e.get("rho_coupling", {}).get("n") for e in result["summary"].values()))
         heads = "".join(f" − {c.removeprefix('SDPO ') if c != 'SDPO' else c} (points) |" for c in controls)
         lines += [f"**{setting}** ({len(data['seeds'])} seed{'s' if len(data['seeds']) > 1 else ''})", "",
                   f"| arm | final mean@{k} (%) |{heads} collapsed | collapse onset (step) | onset − SDPO (steps) "
-                  f"| mean ρ |", "|---" * (6 + len(controls)) + "|"]
+                  f"| mean ρ |{' corr(ρ, I) |' if coupling else ''}", "|---" * (6 + len(controls) + coupling) + "|"]
         for arm, e in result["summary"].items():
             c = e["collapse"]
             diffs = "".join(f" {fmt(e.get(f'minus {control}'))} |" for control in controls)
             lines.append(f"| {arm} | {fmt(e['final'])} |{diffs} "
                          f"{c['k']}/{c['n']} [{100 * c['low']:.0f}, {100 * c['high']:.0f}]% | {fmt(e.get('onset'), 1.0)} "
-                         f"| {fmt(e.get('onset minus SDPO'), 1.0)} | {fmt(e['rho_mean'], 1.0)} |")
+                         f"| {fmt(e.get('onset minus SDPO'), 1.0)} | {fmt(e['rho_mean'], 1.0)} |"
+                         + (f" {fmt(e.get('rho_coupling'), 1.0, 2)} |" if coupling else ""))
         lines.append("")
     return "\n".join(lines)
 

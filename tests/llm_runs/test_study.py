@@ -180,3 +180,17 @@ def test_the_report_gives_the_collapse_onset_and_how_much_later_it_comes_than_sd
 
     text = table({"k": 8, "seeds": [0, 1, 2], "results": {"collapse": {"summary": summary}}})
     assert "collapse onset (step)" in text and "| 35.0 [" in text
+
+
+def test_the_coupling_of_rho_to_I_ignores_their_shared_trend():
+    rng = np.random.default_rng(0)
+    steps = np.arange(300)
+    trend = 0.3 * np.exp(-steps / 100)  # I falls over training in every run
+    own, other = trend + 0.02 * rng.standard_normal(300), trend + 0.02 * rng.standard_normal(300)
+    rho = np.minimum(1 + own, 2.0)
+    assert study.fluctuation_correlation(rho, own) == pytest.approx(1.0)  # PGPO: ρ = g(I)
+    # another run's ρ shares the trend, not the batch-to-batch part: without the trend removed it would read ~0.9
+    assert np.corrcoef(np.minimum(1 + other, 2.0), own)[0, 1] > 0.8
+    assert abs(study.fluctuation_correlation(np.minimum(1 + other, 2.0), own)) < 0.15
+    assert study.fluctuation_correlation(np.ones(300), own) is None  # SDPO: ρ = 1
+    assert study.fluctuation_correlation(rho[:10], own[:10]) is None  # too short to take a trend off
