@@ -394,8 +394,8 @@ REGISTRY: dict[str, Check] = {
              runs='python -m llm_runs study --settings demo --seeds 10-11 --arms "PGPO α=1,PGPO α=1 per-sequence" '
                   f'--against "PGPO α=1" --report figures/llm_study_confirm {SHORT_STUDY}',
              files=("figures/llm_study_confirm.json", "figures/llm_study_confirm.md")),
-    "python -m llm_runs study --replot": illustrative("redraws figures/llm_study.json, which the full study writes "
-                                                      "and which is not yet committed (docs/results.md: not yet run)"),
+    "python -m llm_runs study --replot": run("report: figures/llm_study.json", "| SDPO ρ-replay |", folder="figures",
+                                             files=("figures/llm_study.png", "figures/llm_study.md")),
     # README and docs/training.md: the paper's runs, on the hub's data and model and on GPUs
     "python -m llm_runs data sciknoweval --out data/sciknoweval": hub("hicai-zju/SciKnowEval", "--source DIR"),
     f"python -m llm_runs train --config {QWEN_CONFIG}": hub(NO_DATA),
