@@ -394,6 +394,12 @@ REGISTRY: dict[str, Check] = {
              runs='python -m llm_runs study --settings demo --seeds 10-11 --arms "PGPO α=1,PGPO α=1 per-sequence" '
                   f'--against "PGPO α=1" --report figures/llm_study_confirm {SHORT_STUDY}',
              files=("figures/llm_study_confirm.json", "figures/llm_study_confirm.md")),
+    'python -m llm_runs study --settings demo --seeds 10-29 --arms "PGPO α=2,PGPO α=0.5 normalised I" --against '
+    '"PGPO α=2" --report figures/llm_study_confirm_normalised':
+        slow("report:", "− PGPO α=2 (points)",
+             runs='python -m llm_runs study --settings demo --seeds 10-11 --arms "PGPO α=2,PGPO α=0.5 normalised I" '
+                  f'--against "PGPO α=2" --report figures/llm_study_confirm_normalised {SHORT_STUDY}',
+             files=("figures/llm_study_confirm_normalised.json",)),
     "python -m llm_runs study --replot": run("report: figures/llm_study.json", "| SDPO ρ-replay |", folder="figures",
                                              files=("figures/llm_study.png", "figures/llm_study.md")),
     # README and docs/training.md: the paper's runs, on the hub's data and model and on GPUs
