@@ -381,7 +381,7 @@ REGISTRY: dict[str, Check] = {
     "python -m llm_runs study": slow("report:", runs='python -m llm_runs study --seeds 2 --arms "SDPO,SDPO ρ-replay" '
                                                     f"--settings demo {SHORT_STUDY}",
                                      files=("figures/llm_study.json", "figures/llm_study.png", "figures/llm_study.pdf")),
-    # docs/results.md: the two follow-up runs, cut to two seeds and seconds
+    # docs/results.md: the follow-up runs, cut to two seeds and seconds
     'python -m llm_runs study --settings demo,collapse --arms "SDPO,PGPO α=1,SDPO ρ-replay next seed" --report '
     'figures/llm_study_next_seed':
         slow("report:", "− ρ-replay next seed (points)",
