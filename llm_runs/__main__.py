@@ -335,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", help="data, warm start and runs, reused and resumed (default runs/study, or "
                                   "runs/study_quick with --quick)")
     st.add_argument("--arms", type=lambda v: [x.strip() for x in v.split(",")],
-                    help="comma-separated names from llm_runs.experiment.study.ARMS (default: all)")
+                    help="comma-separated names from llm_runs.experiment.study.ARMS (default: the full "
+                         "study's, STUDY_ARMS; every arm with --quick)")
     st.add_argument("--against", type=lambda v: [x.strip() for x in v.split(",")],
                     help="arms to take paired differences against, besides SDPO and the replays (e.g. the arm "
                          "with a variant's mean step)")

@@ -400,6 +400,12 @@ REGISTRY: dict[str, Check] = {
              runs='python -m llm_runs study --settings demo --seeds 10-11 --arms "PGPO α=2,PGPO α=0.5 normalised I" '
                   f'--against "PGPO α=2" --report figures/llm_study_confirm_normalised {SHORT_STUDY}',
              files=("figures/llm_study_confirm_normalised.json",)),
+    'python -m llm_runs study --settings demo --arms "SDPO,PGPO α=2,SDPO α=2 ρ-replay next seed" --report '
+    'figures/llm_study_next_seed_a2':
+        slow("report:", "− α=2 ρ-replay next seed (points)",
+             runs='python -m llm_runs study --settings demo --seeds 2 --arms "SDPO,PGPO α=2,SDPO α=2 ρ-replay next '
+                  f'seed" --report figures/llm_study_next_seed_a2 {SHORT_STUDY}',
+             files=("figures/llm_study_next_seed_a2.json", "figures/llm_study_next_seed_a2.png")),
     "python -m llm_runs study --replot": run("report: figures/llm_study.json", "| SDPO ρ-replay |", folder="figures",
                                              files=("figures/llm_study.png", "figures/llm_study.md")),
     # README and docs/training.md: the paper's runs, on the hub's data and model and on GPUs

@@ -9,7 +9,8 @@ with the same rollout seeds (`train.seed`), so a paired difference removes the s
   they run after it: SDPO at lr × ρ̄ (ρ̄: the same seed's mean ρ), SDPO with the same seed's ρ_t replayed as a
   learning-rate schedule (`pgpo.replay_rho`: the same SDE time Σ lr·ρ step by step; PGPO α = 1 itself, bit for
   bit, as the seed fixes the batches) and the next seed's ρ_t replayed (the same schedule, decoupled from the
-  batch in hand);
+  batch in hand); a follow-up control (`FOLLOW_UPS`, not in the full study's default arms) replays PGPO α = 2's
+  next seed (`DONORS`);
 - runs go to `<out>/runs/<setting>/<arm>-seed<k>`; a finished one is reused, a killed one resumes from its
   last checkpoint; `--jobs` processes run them (one torch thread each);
 - the report (`report`): per arm and setting the mean final held-out mean@k with a 95 % t interval, paired
@@ -40,8 +41,9 @@ from llm_runs.experiment.synthetic import write_splits
 from llm_runs.schema import ConfigError
 
 REFERENCE = "PGPO α=1"  # the PGPO run whose ρ the controls read (the paper's default α)
-# name → overrides; "{reference}" is the same setting's and seed's REFERENCE run folder, "{reference:next}" the
-# next seed's (seed k + 1, cyclically over the study's seeds: k = K − 1 reads seed 0)
+# name → overrides; "{reference}" is the same setting's and seed's donor run folder (the arm's entry in DONORS,
+# else REFERENCE), "{reference:next}" the next seed's (seed k + 1, cyclically over the study's seeds: k = K − 1
+# reads seed 0)
 ARMS = {
     "SDPO": ["pgpo.enabled=false"],
     "SDPO lr×ρ̄": ["pgpo.enabled=false", "pgpo.replay_rho={reference}", "pgpo.replay_rho_mode=mean"],
@@ -51,6 +53,10 @@ ARMS = {
     # and SDE time but is decoupled from the batch in hand
     "SDPO ρ-replay next seed": ["pgpo.enabled=false", "pgpo.replay_rho={reference:next}",
                                 "pgpo.replay_rho_mode=schedule"],
+    # the same decoupled control for α = 2, whose ρ_t varies most of the paper's forms: where the coupling, if it
+    # matters, has the most room to show (a follow-up, docs/results.md; not in the full study's default arms)
+    "SDPO α=2 ρ-replay next seed": ["pgpo.enabled=false", "pgpo.replay_rho={reference:next}",
+                                    "pgpo.replay_rho_mode=schedule"],
     "PGPO α=0.5": ["pgpo.enabled=true", "pgpo.alpha=0.5"],
     "PGPO α=1": ["pgpo.enabled=true", "pgpo.alpha=1.0"],
     "PGPO α=2": ["pgpo.enabled=true", "pgpo.alpha=2.0"],
@@ -58,6 +64,11 @@ ARMS = {
     # α = 0.5 on I / Ī: ρ = 1.5 at an average batch, mid-way to the cap, where α = 1 would sit on it
     "PGPO α=0.5 normalised I": ["pgpo.enabled=true", "pgpo.alpha=0.5", "pgpo.normalize_information=true"],
 }
+# arm → the PGPO arm whose runs it reads, where that is not REFERENCE
+DONORS = {"SDPO α=2 ρ-replay next seed": "PGPO α=2"}
+# arms added after the full study, run by naming them (--arms) and by --quick, which runs every arm
+FOLLOW_UPS = ("SDPO α=2 ρ-replay next seed",)
+STUDY_ARMS = [a for a in ARMS if a not in FOLLOW_UPS]  # the full study's arms (`study` with no --arms)
 SETTINGS = {
     "demo": [],  # the demo's: ground-truth demonstrations, a frozen teacher
     "collapse": ["teacher.demonstration=sibling", "teacher.kind=ema"],  # SDPO's rule; collapsed in the demo
@@ -88,8 +99,17 @@ def run_dir(out: Path, setting: str, arm: str, seed: int) -> Path:
     return out / "runs" / setting / f"{slug(arm)}-seed{seed}"
 
 
+def donor_arm(arm: str) -> str:
+    """The PGPO arm whose runs `arm` reads (meaningful where `reference_seed` is not None)."""
+    return DONORS.get(arm, REFERENCE)
+
+
+def reads_a_run(arm: str) -> bool:
+    return "{reference" in " ".join(ARMS[arm])
+
+
 def reference_seed(arm: str, seed: int, seeds: list[int]) -> int | None:
-    """The seed whose REFERENCE run `arm` replays at `seed` (None: the arm reads no run)."""
+    """The seed whose donor run (`donor_arm`) `arm` replays at `seed` (None: the arm reads no run)."""
     text = " ".join(ARMS[arm])
     if "{reference:next}" in text:
         return seeds[(seeds.index(seed) + 1) % len(seeds)]
@@ -103,7 +123,7 @@ def run_config(out: Path, setting: str, arm: str, seed: int, checkpoint: Path, o
     donor = reference_seed(arm, seed, seeds)
     arm_overrides = list(ARMS[arm])
     if donor is not None:
-        reference = str(run_dir(out, setting, REFERENCE, donor).resolve())
+        reference = str(run_dir(out, setting, donor_arm(arm), donor).resolve())
         arm_overrides = [o.replace("{reference:next}", reference).replace("{reference}", reference)
                          for o in arm_overrides]
     return load(CONFIG, [*overrides, *SETTINGS[setting], "model.tiny=false", f"model.path={checkpoint}",
@@ -138,33 +158,31 @@ def run_one(task: tuple) -> tuple:
 
 
 def plan(arms, settings, seeds) -> list[tuple[str, str, int]]:
-    """(setting, arm, seed) in the order they may start: the reference runs first (the controls wait for them)."""
+    """(setting, arm, seed) in the order they may start: the donor runs first (the controls wait for them)."""
     arms = list(arms)
-    reads = {a: "{reference" in " ".join(ARMS[a]) for a in ARMS}
-    if any(reads[a] for a in arms) and REFERENCE not in arms:
-        arms.insert(0, REFERENCE)  # a control needs its PGPO runs
-    order = sorted(arms, key=lambda a: (a != REFERENCE, reads[a]))
+    donors = {donor_arm(a) for a in arms if reads_a_run(a)}
+    arms += sorted(donors - set(arms), key=list(ARMS).index)  # a control needs its PGPO runs
+    order = sorted(arms, key=lambda a: (a not in donors, reads_a_run(a)))
     return [(s, a, k) for k in seeds for a in order for s in settings]
 
 
 def execute(out: Path, tasks: list[tuple[str, str, int]], checkpoint: Path, overrides: list[str], jobs: int,
             log=print) -> dict:
-    """Run `tasks` over `jobs` processes, a control only once its reference run is finished; {"trained": [...],
+    """Run `tasks` over `jobs` processes, a control only once its donor run is finished; {"trained": [...],
     "reused": [...]} folder names."""
-    done_refs: set = set()
+    finished_runs: set = set()  # (setting, arm, seed)
     waiting = list(tasks)
     trained, reused = [], []
     seeds = sorted({k for _, _, k in tasks})
 
     def ready(t):
         donor = reference_seed(t[1], t[2], seeds)
-        return donor is None or (t[0], donor) in done_refs
+        return donor is None or (t[0], donor_arm(t[1]), donor) in finished_runs
 
     def finish(task, fresh):
         _, setting, arm, seed, _, _, _ = task
         (trained if fresh else reused).append(str(run_dir(out, setting, arm, seed).relative_to(out)))
-        if arm == REFERENCE:
-            done_refs.add((setting, seed))
+        finished_runs.add((setting, arm, seed))
         log(f"{'trained' if fresh else 'reused '} {setting}/{arm} seed {seed} "
             f"({len(trained) + len(reused)}/{len(tasks)})")
 
@@ -367,7 +385,7 @@ def run(out: str | Path | None = None, quick: bool = False, seeds=None, jobs: in
     preset = QUICK if quick else FULL
     seeds = list(range(seeds if seeds is not None else preset["seeds"])) if seeds is None or isinstance(seeds, int) \
         else list(seeds)
-    arms = list(arms or ARMS)
+    arms = list(arms or (ARMS if quick else STUDY_ARMS))
     settings = list(settings or SETTINGS)
     unknown = [a for a in [*arms, *against] if a not in ARMS] + [s for s in settings if s not in SETTINGS]
     if unknown:
@@ -388,7 +406,8 @@ def run(out: str | Path | None = None, quick: bool = False, seeds=None, jobs: in
     config = load(CONFIG, overrides)
     data = {"question": "is PGPO more than a larger learning rate?", "task": TASK, "seeds": seeds, "quick": quick,
             "arms": {a: ARMS[a] for a in arms}, "reference": REFERENCE,
-            # arm → {seed: the seed whose REFERENCE run it replays}, for the arms that read one
+            # arm → the arm whose runs it reads, and {seed: the seed of that run it replays}, for the arms that read one
+            "donors": {a: donor_arm(a) for a in arms if reads_a_run(a)},
             "reference_seeds": {a: {k: reference_seed(a, k, seeds) for k in seeds} for a in arms
                                 if reference_seed(a, seeds[0], seeds) is not None}, "settings": {s: SETTINGS[s] for s in settings},
             "overrides": overrides, "steps": config.train.steps, "k": config.eval.samples, "chance": 0.25,

@@ -48,10 +48,11 @@ def test_quick_study_runs_every_arm_in_both_settings_writes_only_to_out_and_resu
     assert len(data["trained"]) == len(study.ARMS) * len(study.SETTINGS) and not data["reused"]
     assert all((out / f"llm_study_quick.{ext}").exists() for ext in ("png", "pdf", "md"))
     assert not (tmp_path / "figures").exists()  # --quick never writes the committed figures/
-    # the replay arm's ρ is the reference run's, step by step
-    rows = {arm: [json.loads(x) for x in (study.run_dir(out, "demo", arm, 0) / "metrics.jsonl").read_text().splitlines()]
-            for arm in ("PGPO α=1", "SDPO ρ-replay")}
-    assert [r["effective_lr"] for r in rows["SDPO ρ-replay"]] == [r["effective_lr"] for r in rows["PGPO α=1"]]
+    # a replay arm's ρ is its donor run's, step by step (one seed: the "next" seed is seed 0 itself)
+    rows = {arm: [json.loads(x)["effective_lr"] for x in
+                  (study.run_dir(out, "demo", arm, 0) / "metrics.jsonl").read_text().splitlines()]
+            for arm in ("PGPO α=1", "PGPO α=2", "SDPO ρ-replay", "SDPO α=2 ρ-replay next seed")}
+    assert rows["SDPO ρ-replay"] == rows["PGPO α=1"] != rows["PGPO α=2"] == rows["SDPO α=2 ρ-replay next seed"]
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("metrics.jsonl")}
     second = cli("--quick", "--jobs", "2", "--out", str(out), *SHORT, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -110,6 +111,23 @@ def test_reference_seeds_are_the_same_seed_or_the_next_one_cyclically():
     # every reading arm is planned after its reference arm, whichever seed it reads
     order = study.plan(["SDPO ρ-replay next seed"], ["demo"], seeds)
     assert {a for _, a, _ in order} == {"PGPO α=1", "SDPO ρ-replay next seed"} and len(order) == 8
+
+
+def test_a_control_reads_its_own_donor_arm_and_the_full_study_leaves_the_follow_ups_out(tmp_path):
+    seeds = [3, 4, 5]
+    for arm, donor in (("SDPO ρ-replay next seed", "PGPO α=1"), ("SDPO α=2 ρ-replay next seed", "PGPO α=2"),
+                       ("SDPO ρ-replay", "PGPO α=1")):
+        assert study.donor_arm(arm) == donor
+        config, folder = study.run_config(tmp_path, "demo", arm, 5, tmp_path / "ckpt", [], seeds)
+        read = seeds[0] if "next" in arm else 5  # the last seed's next is the first, cyclically
+        assert config.pgpo.replay_rho == str(study.run_dir(tmp_path, "demo", donor, read).resolve())
+        assert folder == study.run_dir(tmp_path, "demo", arm, 5)
+    # a follow-up alone brings its own donor (not PGPO α = 1), planned before it for every seed it reads
+    order = study.plan(["SDPO α=2 ρ-replay next seed"], ["demo", "collapse"], seeds)
+    assert {a for _, a, _ in order} == {"PGPO α=2", "SDPO α=2 ρ-replay next seed"} and len(order) == 12
+    assert all(a == "PGPO α=2" for _, a, _ in order[:2])
+    assert set(study.FOLLOW_UPS) <= set(study.ARMS) and not set(study.FOLLOW_UPS) & set(study.STUDY_ARMS)
+    assert all(study.donor_arm(a) in study.STUDY_ARMS for a in study.ARMS)
 
 
 def test_replot_redraws_from_the_json_and_bad_flags_are_one_error_line(tmp_path):
