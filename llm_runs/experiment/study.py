@@ -37,6 +37,9 @@ from llm_runs.diagnostics import undo_small_batch_scale
 from llm_runs.experiment.demo import CONFIG, TASK, warm_start_checkpoint
 # the report's rendering, and CONTROLS: the arms the paired differences are taken against
 from llm_runs.experiment.study_report import CONTROLS, draw, save_figure, table  # noqa: F401
+# the statistics: running means, t and Wilson intervals, corr(ρ, I) with the trend removed
+from llm_runs.experiment.study_statistics import (COUPLING_WIDTH, fluctuation_correlation, running_mean,  # noqa: F401
+                                                  t_interval, wilson)
 from llm_runs.experiment.synthetic import write_splits
 from llm_runs.schema import ConfigError
 
@@ -87,7 +90,6 @@ QUICK = {"seeds": 1, "overrides": ["train.steps=3", "train.eval_every=3", "train
 COLLAPSE = {"window": 10, "reward_below": 0.10, "entropy_below": 0.01, "final_below": 0.10}
 PRECURSOR_WINDOW = 10  # steps before the onset compared with the first steps of the run
 DIAGNOSTICS = ("noise_scale_ema", "temperature")
-COUPLING_WIDTH = 21  # steps of the centred running mean taken off ρ_t and I_t before correlating them
 
 
 def slug(name: str) -> str:
@@ -221,13 +223,6 @@ def read_rows(folder: Path) -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
-def running_mean(values: list, width: int) -> np.ndarray:
-    """(steps,) values → (steps − width + 1,) means of `width` consecutive ones (a run shorter: its mean)."""
-    x = np.asarray([np.nan if v is None else v for v in values], dtype=float)
-    width = max(1, min(width, len(x)))
-    return np.convolve(x, np.ones(width) / width, mode="valid")
-
-
 def collapse_onset(rows: list[dict], final: float, warmup: int) -> int | None:
     """The first step at which `COLLAPSE` holds (the running means end there), None if it never does; a final
     held-out mean@k below `final_below` with no earlier onset: the last step."""
@@ -255,19 +250,6 @@ def batch_sizes(folder: Path) -> tuple[int, int]:
     return config["loss"]["micro_batch_size"], config["rollout"]["prompts_per_step"] * config["rollout"]["samples_per_prompt"]
 
 
-def fluctuation_correlation(x, y, width: int = COUPLING_WIDTH) -> float | None:
-    """Pearson correlation of (steps,) x and y's fluctuations, each minus its centred running mean over `width`
-    steps (the trend both share, as I falls over training, is removed); None where either is flat or undefined."""
-    x, y = (np.asarray([np.nan if v is None else v for v in z], dtype=float) for z in (x, y))
-    if len(x) < width + 2 or not (np.isfinite(x).all() and np.isfinite(y).all()):
-        return None
-    half = width // 2
-    dx, dy = (z[half:len(z) - half] - running_mean(z, width) for z in (x, y))
-    if dx.std() < 1e-12 or dy.std() < 1e-12:
-        return None
-    return float(np.corrcoef(dx, dy)[0, 1])
-
-
 def summarise_run(folder: Path, warmup: int) -> dict:
     """A run's final held-out mean@k, mean ρ, collapse onset and the diagnostics' windows (B_simple's as the
     fixed estimator gives it: runs logged before its fix are corrected from their own rows)."""
@@ -282,32 +264,6 @@ def summarise_run(folder: Path, warmup: int) -> dict:
             # how much the step follows the batch in hand: 1 for PGPO (ρ = g(I)), ~0 for a replay decoupled from it
             "rho_coupling": fluctuation_correlation([r["rho"] for r in rows], [r.get("information") for r in rows]),
             "diagnostics": {k: [r.get(k) for r in rows] for k in DIAGNOSTICS}}
-
-
-def t_interval(values) -> dict:
-    """Mean and its 95 % t interval ((n,) values); no interval from fewer than two."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    out = {"n": int(len(x)), "mean": float(x.mean()) if len(x) else None, "low": None, "high": None}
-    if len(x) > 1 and np.ptp(x) > 0:
-        low, high = stats.ttest_1samp(x, 0.0).confidence_interval(0.95)
-        out.update(low=float(low), high=float(high))
-    elif len(x) > 1:
-        out.update(low=float(x[0]), high=float(x[0]))  # all equal: no spread
-    return out
-
-
-def wilson(k: int, n: int) -> dict:
-    """A proportion k/n with its 95 % Wilson interval (a t interval is wrong for 0 or n of n)."""
-    if n == 0:
-        return {"k": 0, "n": 0, "rate": None, "low": None, "high": None}
-    z, p = 1.959963984540054, k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    # at 0 or n of n the bound is exactly 0 or 1 (the formula gives it up to rounding)
-    return {"k": k, "n": n, "rate": p, "low": 0.0 if k == 0 else max(0.0, centre - half),
-            "high": 1.0 if k == n else min(1.0, centre + half)}
 
 
 def precursors(runs: dict[str, list[dict]]) -> dict:

@@ -168,6 +168,17 @@ def test_intervals_are_t_for_means_and_wilson_for_rates():
     assert study.wilson(10, 10)["high"] == 1.0
 
 
+def test_values_equal_but_for_rounding_give_a_tight_interval_without_a_warning():
+    import warnings
+
+    x = [1.4, np.nextafter(1.4, 2.0), 1.4, 1.4]  # mean ρ's that differ in the last bit, as replays' can
+    assert np.ptp(x) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's "Precision loss" warning on such data would be an error here
+        e = study.t_interval(x)
+    assert e["low"] <= e["mean"] <= e["high"] and e["high"] - e["low"] < 1e-12
+
+
 def test_controls_wait_for_their_reference_in_the_plan():
     tasks = study.plan(list(study.ARMS), list(study.SETTINGS), [0, 1])
     for seed in (0, 1):
