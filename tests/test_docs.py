@@ -218,6 +218,15 @@ NO_DATA = "data/sciknoweval/chemistry/train.json does not exist"
 REPLAY_ONE = ("python -m llm_runs train --config tiny_cpu train.run_name=one train.steps=3 rollout.record=true "
               "loss.implementation=plain")
 
+
+def follow_up(command: str, column: str, *files: str) -> Check:
+    """A documented study follow-up, run as written but on two seeds (the first two of its range, or 0 and 1)
+    and in seconds (SHORT_STUDY); it must print the report with its paired-difference `column`."""
+    short = (command.replace("--seeds 10-29", "--seeds 10-11") if "--seeds 10-29" in command
+             else command.replace(" --arms ", " --seeds 2 --arms ", 1))
+    return slow("report:", column, runs=f"{short} {SHORT_STUDY}", files=files)
+
+
 REGISTRY: dict[str, Check] = {
     # README: the two commands, installing
     "make demo": INSTALLS,
@@ -382,30 +391,19 @@ REGISTRY: dict[str, Check] = {
                                                     f"--settings demo {SHORT_STUDY}",
                                      files=("figures/llm_study.json", "figures/llm_study.png", "figures/llm_study.pdf")),
     # docs/results.md: the follow-up runs, cut to two seeds and seconds
-    'python -m llm_runs study --settings demo,collapse --arms "SDPO,PGPO α=1,SDPO ρ-replay next seed" --report '
-    'figures/llm_study_next_seed':
-        slow("report:", "− ρ-replay next seed (points)",
-             runs='python -m llm_runs study --settings demo,collapse --seeds 2 --arms "SDPO,PGPO α=1,SDPO ρ-replay '
-                  f'next seed" --report figures/llm_study_next_seed {SHORT_STUDY}',
-             files=("figures/llm_study_next_seed.json", "figures/llm_study_next_seed.png")),
-    'python -m llm_runs study --settings demo --seeds 10-29 --arms "PGPO α=1,PGPO α=1 per-sequence" --against '
-    '"PGPO α=1" --report figures/llm_study_confirm':
-        slow("report:", "− PGPO α=1 (points)",
-             runs='python -m llm_runs study --settings demo --seeds 10-11 --arms "PGPO α=1,PGPO α=1 per-sequence" '
-                  f'--against "PGPO α=1" --report figures/llm_study_confirm {SHORT_STUDY}',
-             files=("figures/llm_study_confirm.json", "figures/llm_study_confirm.md")),
-    'python -m llm_runs study --settings demo --seeds 10-29 --arms "PGPO α=2,PGPO α=0.5 normalised I" --against '
-    '"PGPO α=2" --report figures/llm_study_confirm_normalised':
-        slow("report:", "− PGPO α=2 (points)",
-             runs='python -m llm_runs study --settings demo --seeds 10-11 --arms "PGPO α=2,PGPO α=0.5 normalised I" '
-                  f'--against "PGPO α=2" --report figures/llm_study_confirm_normalised {SHORT_STUDY}',
-             files=("figures/llm_study_confirm_normalised.json",)),
-    'python -m llm_runs study --settings demo --arms "SDPO,PGPO α=2,SDPO α=2 ρ-replay next seed" --report '
-    'figures/llm_study_next_seed_a2':
-        slow("report:", "− α=2 ρ-replay next seed (points)",
-             runs='python -m llm_runs study --settings demo --seeds 2 --arms "SDPO,PGPO α=2,SDPO α=2 ρ-replay next '
-                  f'seed" --report figures/llm_study_next_seed_a2 {SHORT_STUDY}',
-             files=("figures/llm_study_next_seed_a2.json", "figures/llm_study_next_seed_a2.png")),
+    **{command: follow_up(command, column, *files) for command, column, files in (
+        ('python -m llm_runs study --settings demo,collapse --arms "SDPO,PGPO α=1,SDPO ρ-replay next seed" '
+         '--report figures/llm_study_next_seed', "− ρ-replay next seed (points)",
+         ("figures/llm_study_next_seed.json", "figures/llm_study_next_seed.png")),
+        ('python -m llm_runs study --settings demo --seeds 10-29 --arms "PGPO α=1,PGPO α=1 per-sequence" '
+         '--against "PGPO α=1" --report figures/llm_study_confirm', "− PGPO α=1 (points)",
+         ("figures/llm_study_confirm.json", "figures/llm_study_confirm.md")),
+        ('python -m llm_runs study --settings demo --seeds 10-29 --arms "PGPO α=2,PGPO α=0.5 normalised I" '
+         '--against "PGPO α=2" --report figures/llm_study_confirm_normalised', "− PGPO α=2 (points)",
+         ("figures/llm_study_confirm_normalised.json",)),
+        ('python -m llm_runs study --settings demo --arms "SDPO,PGPO α=2,SDPO α=2 ρ-replay next seed" '
+         '--report figures/llm_study_next_seed_a2', "− α=2 ρ-replay next seed (points)",
+         ("figures/llm_study_next_seed_a2.json", "figures/llm_study_next_seed_a2.png")))},
     "python -m llm_runs study --replot": run("report: figures/llm_study.json", "| SDPO ρ-replay |", folder="figures",
                                              files=("figures/llm_study.png", "figures/llm_study.md")),
     # README and docs/training.md: the paper's runs, on the hub's data and model and on GPUs

@@ -107,6 +107,7 @@ def donor_arm(arm: str) -> str:
 
 
 def reads_a_run(arm: str) -> bool:
+    """Whether `arm` replays a donor run's ρ (a control), so it waits for that run."""
     return "{reference" in " ".join(ARMS[arm])
 
 
@@ -364,8 +365,8 @@ def run(out: str | Path | None = None, quick: bool = False, seeds=None, jobs: in
             "arms": {a: ARMS[a] for a in arms}, "reference": REFERENCE,
             # arm → the arm whose runs it reads, and {seed: the seed of that run it replays}, for the arms that read one
             "donors": {a: donor_arm(a) for a in arms if reads_a_run(a)},
-            "reference_seeds": {a: {k: reference_seed(a, k, seeds) for k in seeds} for a in arms
-                                if reference_seed(a, seeds[0], seeds) is not None}, "settings": {s: SETTINGS[s] for s in settings},
+            "reference_seeds": {a: {k: reference_seed(a, k, seeds) for k in seeds} for a in arms if reads_a_run(a)},
+            "settings": {s: SETTINGS[s] for s in settings},
             "overrides": overrides, "steps": config.train.steps, "k": config.eval.samples, "chance": 0.25,
             "collapse": COLLAPSE, "precursor_window": PRECURSOR_WINDOW, "warm_start": record,
             "controls": controls, "results": report(out, arms, settings, seeds, config.optim.warmup_steps, controls),

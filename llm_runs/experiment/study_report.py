@@ -10,7 +10,8 @@ import numpy as np
 
 from llm_runs.experiment.demo import save_report
 
-CONTROLS = ("SDPO", "SDPO ρ-replay", "SDPO ρ-replay next seed", "SDPO α=2 ρ-replay next seed")  # the study's controls, in column order
+# the study's controls, in column order
+CONTROLS = ("SDPO", "SDPO ρ-replay", "SDPO ρ-replay next seed", "SDPO α=2 ρ-replay next seed")
 
 
 def table(data: dict) -> str:
